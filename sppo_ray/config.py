@@ -1,0 +1,255 @@
+"""One typed, validated config tree for a whole SPPO run.
+
+A YAML file becomes a frozen :class:`RunConfig` at start-up; each role receives only its own part
+(``cfg.generation`` goes to the generators, ``cfg.judge`` to the judges, ...). Unknown keys, wrong types and
+impossible values fail here, before any actor starts, with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "GenerationConfig",
+    "JudgeConfig",
+    "ModelsConfig",
+    "ResourcesConfig",
+    "RunConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+]
+
+EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"
+EMBEDDED_PROMPTS = "embedded:default"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelsConfig(_Section):
+    # Policy π_0: "embedded:smollm2-135m-instruct", a local HF directory, or a hub id (downloaded only if reachable).
+    policy: str = EMBEDDED_POLICY
+    # Judge model for kind "llm" or "pairrm" (ignored by kind "length"): same forms as policy.
+    judge: str = EMBEDDED_POLICY
+    # Allow custom modelling code from the hub; off unless the user asks.
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Section):
+    # "embedded:default" (the shipped prompts), a JSONL/Parquet file, or a local HF `datasets` directory.
+    prompts: str = EMBEDDED_PROMPTS
+    # Prompts used per round; each round takes a fresh disjoint split (the paper uses one split per round).
+    prompts_per_iteration: int = Field(64, ge=1)
+    # Prompts held out from every training split, for evaluation.
+    eval_prompts: int = Field(32, ge=0)
+    # Seed of the shuffle that assigns prompts to splits.
+    split_seed: int = 0
+
+
+class GenerationConfig(_Section):
+    # Samples per prompt (the paper uses 5).
+    k: int = Field(5, ge=2)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(2048, ge=1)
+    # Prompts longer than this (in chat-templated tokens) are truncated from the left or skipped.
+    max_prompt_tokens: int = Field(512, ge=8)
+    overlong_prompts: Literal["truncate", "skip"] = "truncate"
+    # Run seed; per-sample seeds derive from (seed, iteration, prompt id, sample index).
+    seed: int = 0
+    # vLLM engine dtype; "auto" is float32 on CPU (vLLM's CPU bf16 path garbles SmolLM2) and bfloat16 on GPU.
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
+    max_model_len: int | None = Field(None, ge=16)
+    # vLLM CPU KV cache per engine, GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
+    kv_cache_gib: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    # Prompts handed to one generator actor per call.
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _model_len_fits(self) -> "GenerationConfig":
+        if self.max_model_len is not None and self.max_model_len < self.max_prompt_tokens + self.max_new_tokens:
+            raise ValueError(
+                f"max_model_len ({self.max_model_len}) must be >= max_prompt_tokens + max_new_tokens "
+                f"({self.max_prompt_tokens} + {self.max_new_tokens})"
+            )
+        return self
+
+
+class JudgeConfig(_Section):
+    # "pairrm": llm-blender's PairRM; "llm": a causal LM asked which of two responses is better;
+    # "length": a scripted judge that prefers shorter (or longer) responses, for checking that the loop learns.
+    kind: Literal["pairrm", "llm", "length"] = "llm"
+    # "debiased": P[i,j] = (σ(l_ij) + σ(-l_ji))/2, a true pairwise table; "reference": uclaml/SPPO's rank-score table.
+    table: Literal["debiased", "reference"] = "debiased"
+    # "pair": keep the winner and loser of each prompt (the paper); "all": keep all K responses.
+    selection: Literal["pair", "all"] = "pair"
+    # Pairs per forward pass.
+    batch_size: int = Field(32, ge=1)
+    # PairRM truncation (the published model: source 1224, candidate 412 tokens).
+    max_source_tokens: int = Field(1224, ge=8)
+    max_candidate_tokens: int = Field(412, ge=8)
+    # For kind "length": which length wins (logit = difference in characters / 10).
+    prefer: Literal["shorter", "longer"] = "shorter"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class TrainingConfig(_Section):
+    loss: Literal["sppo", "sppo_single", "dpo", "ipo"] = "sppo"
+    # η = 1/beta in the SPPO target; the paper and reference code use beta = 0.001.
+    beta: float = Field(0.001, gt=0.0)
+    lr: float = Field(5e-7, gt=0.0)
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    schedule: Literal["linear", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(1, ge=1)
+    # Rows per optimiser step across all workers = micro_batch_size x workers x gradient accumulation.
+    global_batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    offload: bool = False
+    precision: Literal["bf16", "fp32"] = "bf16"
+    max_length: int = Field(1024, ge=16)
+    max_prompt_length: int = Field(512, ge=8)
+    grad_clip: float = Field(1.0, gt=0.0)
+    # Save a DeepSpeed checkpoint through ray.train.report every N optimiser steps (0: only at the end), so a killed
+    # worker resumes from it instead of restarting the round.
+    checkpoint_every: int = Field(0, ge=0)
+    # Worker-group restarts Ray Train may do within one round.
+    max_failures: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "TrainingConfig":
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
+        return self
+
+
+class ResourcesConfig(_Section):
+    generators: int = Field(1, ge=1)
+    judges: int = Field(1, ge=1)
+    train_workers: int = Field(2, ge=1)
+    generator_cpus: float = Field(1, gt=0)
+    generator_gpus: float = Field(0, ge=0)
+    # vLLM tensor parallel size per generator (GPU clusters).
+    tensor_parallel: int = Field(1, ge=1)
+    judge_cpus: float = Field(1, gt=0)
+    judge_gpus: float = Field(0, ge=0)
+    train_cpus_per_worker: float = Field(1, gt=0)
+    train_use_gpu: bool = False
+    # Logical CPUs for a local Ray started by the driver (0: max(cores, what the roles reserve)); roles time-share
+    # the cores on a small machine because only one stage is busy at a time.
+    local_num_cpus: int = Field(0, ge=0)
+
+
+class RunConfig(_Section):
+    # Run name, shown in summaries and metrics.
+    name: str = "sppo"
+    # Run directory: resolved config, each stage's output per round, and the manifest.
+    run_dir: str = "runs/sppo"
+    # SPPO rounds (the paper uses 3).
+    iterations: int = Field(3, ge=1)
+    # Evaluate π_0..π_T on held-out prompts at the end of the run.
+    eval_at_end: bool = True
+    models: ModelsConfig = ModelsConfig()
+    data: DataConfig = DataConfig()
+    generation: GenerationConfig = GenerationConfig()
+    judge: JudgeConfig = JudgeConfig()
+    training: TrainingConfig = TrainingConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "RunConfig":
+        per_step = self.training.micro_batch_size * self.resources.train_workers
+        if self.training.global_batch_size % per_step:
+            raise ValueError(
+                f"training.global_batch_size ({self.training.global_batch_size}) must be a multiple of "
+                f"training.micro_batch_size x resources.train_workers ({per_step})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: naming every offending key and what is allowed.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a config dict, returning a copy."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"invalid override {item!r}: expected KEY=VALUE, e.g. training.beta=0.001")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"invalid override {item!r}: {p} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config file, apply overrides, and validate.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or invalid values (naming the key).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    return parse_config(apply_overrides(data, overrides or []))

@@ -1,0 +1,17 @@
+"""Errors the CLI reports as one clear line instead of a stack trace."""
+
+from __future__ import annotations
+
+from sppo_ray.config import ConfigError
+from sppo_ray.data.prompts import PromptLoadError
+from sppo_ray.models import ModelSourceError
+
+__all__ = ["RunStateError", "UserError"]
+
+
+class RunStateError(RuntimeError):
+    """A run directory cannot be resumed as asked (changed config, missing files)."""
+
+
+# Everything caused by what the user gave us; the CLI prints these without a traceback.
+UserError = (ConfigError, PromptLoadError, ModelSourceError, RunStateError)

@@ -1,0 +1,151 @@
+"""GeneratorActor: one long-lived vLLM engine serving the current policy, with in-place weight updates."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from sppo_ray.actor_pool import StaleState
+from sppo_ray.config import GenerationConfig
+from sppo_ray.contracts import GeneratedPrompt
+from sppo_ray.generation.sampling import fit_prompt, sample_seed
+
+__all__ = ["GeneratorActor"]
+
+
+def _engine_dtype(dtype: str) -> str:
+    """"auto" is float32 on CPU (vLLM's CPU bf16 kernels turn SmolLM2's greedy "Paris" into French noise) and
+    bfloat16 on GPU."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+class GeneratorActor:
+    """Owns one vLLM engine. Wrap with ``ray.remote`` (see ``build_generator_actors``).
+
+    Args:
+        model_path: HF directory of the starting policy π_0.
+        cfg: the generation part of the run config.
+        tensor_parallel: vLLM tensor parallel size (GPU clusters; 1 on CPU).
+
+    The engine runs inside this actor's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so weights can be handed to it
+    as Ray objects and reloaded without a restart; start-up takes ~11 s on 2 CPU cores instead of ~43 s.
+    """
+
+    def __init__(self, model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.version = 0
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=model_path,
+            dtype=_engine_dtype(cfg.dtype),
+            max_model_len=cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens,
+            enforce_eager=True,
+            seed=cfg.seed,
+            tensor_parallel_size=tensor_parallel,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            trust_remote_code=False,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.startup_seconds = time.perf_counter() - started
+
+    def ready(self) -> dict[str, Any]:
+        return {"version": self.version, "startup_seconds": self.startup_seconds, "pid": os.getpid()}
+
+    def generate(self, rows: list[dict[str, Any]], iteration: int, expected_version: int) -> dict[str, Any]:
+        """K samples for each prompt row ({prompt_id, messages_json}).
+
+        Returns {"rows": [GeneratedPrompt rows], "records": [{prompt_id, reason}]} where records list the prompts
+        skipped (reason) or truncated (reason "truncated").
+        Over-long or empty prompts are skipped or truncated per config and never fail the batch.
+
+        Raises:
+            StaleState: this engine does not hold ``expected_version`` (the caller pushes weights and retries).
+        """
+        if self.version != expected_version:
+            raise StaleState(f"generator holds policy v{self.version}, expected v{expected_version}")
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        cfg, k = self.cfg, self.cfg.k
+        fitted, rejects, requests, params = [], [], [], []
+        for row in rows:
+            messages = json.loads(row["messages_json"])
+            fit = fit_prompt(self.tokenizer, messages, cfg.max_prompt_tokens, cfg.overlong_prompts)
+            if fit.token_ids is None:
+                rejects.append({"prompt_id": row["prompt_id"], "reason": fit.skipped_reason})
+                continue
+            fitted.append((row, fit))
+            for j in range(k):  # one request per sample so each has its own reproducible seed
+                requests.append(TokensPrompt(prompt_token_ids=fit.token_ids))
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        temperature=cfg.temperature,
+                        top_p=cfg.top_p,
+                        max_tokens=cfg.max_new_tokens,
+                        seed=sample_seed(cfg.seed, iteration, row["prompt_id"], j),
+                    )
+                )
+        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        out_rows = []
+        for n, (row, fit) in enumerate(fitted):
+            samples = [outputs[n * k + j].outputs[0] for j in range(k)]
+            out_rows.append(
+                GeneratedPrompt(
+                    prompt_id=row["prompt_id"],
+                    messages_json=row["messages_json"],
+                    prompt_token_ids=fit.token_ids,
+                    responses=[s.text for s in samples],
+                    response_token_ids=[list(s.token_ids) for s in samples],
+                    num_tokens=[len(s.token_ids) for s in samples],
+                    finish_reasons=[str(s.finish_reason) for s in samples],
+                    policy_version=self.version,
+                    truncated=fit.truncated,
+                ).to_row()
+            )
+        truncated = [{"prompt_id": row["prompt_id"], "reason": "truncated"} for row, f in fitted if f.truncated]
+        return {"rows": out_rows, "records": rejects + truncated}
+
+    def greedy(self, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+        """Greedy answers (temperature 0), e.g. for probes that check a weight broadcast."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+    def update_weights(self, version: int, state_dict: dict[str, Any] | None = None, path: str | None = None) -> float:
+        """Replace the engine's weights in place (no restart) and return the seconds it took.
+
+        ``state_dict`` arrives resolved from the ObjectRef the caller passed; ``path`` is an HF directory on shared
+        storage. ``reload_weights`` re-runs the CPU backend's weight repacking, which a bare ``load_weights`` skips.
+        """
+        if (state_dict is None) == (path is None):
+            raise ValueError("give exactly one of state_dict or path")
+        started = time.perf_counter()
+        if state_dict is not None:
+            dtype = self.llm.llm_engine.model_config.dtype  # cast here: the engine warns per tensor otherwise
+            state_dict = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state_dict.items()}
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        self.version = version
+        return time.perf_counter() - started
+
+    def shutdown(self) -> None:
+        """Stop the engine explicitly instead of leaving it to garbage collection."""
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            engine.llm_engine.engine_core.shutdown()
+            self.llm = None

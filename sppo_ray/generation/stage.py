@@ -1,0 +1,98 @@
+"""The generation stage: a Ray Dataset of prompts streamed through the long-lived generator actors."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from sppo_ray.actor_pool import in_order, stream_through_actors
+from sppo_ray.config import GenerationConfig, ResourcesConfig
+from sppo_ray.contracts import PolicyWeights
+from sppo_ray.data.prompts import Prompt
+from sppo_ray.generation.actor import GeneratorActor
+
+__all__ = ["GENERATION_SCHEMA", "GenerationResult", "build_generator_actors", "push_weights", "run_generation_stage"]
+
+# Columns of responses.parquet (see contracts.GeneratedPrompt).
+GENERATION_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages_json", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("responses", pa.list_(pa.string())),
+        ("response_token_ids", pa.list_(pa.list_(pa.int32()))),
+        ("num_tokens", pa.list_(pa.int32())),
+        ("finish_reasons", pa.list_(pa.string())),
+        ("policy_version", pa.int64()),
+        ("truncated", pa.bool_()),
+    ]
+)
+
+
+def build_generator_actors(model_path: str, cfg: GenerationConfig, res: ResourcesConfig) -> list[Any]:
+    """Start the generator pool and wait until every engine is up.
+
+    Actors restart if their process dies (``max_restarts``); a call in flight then fails and the stage retries it,
+    first bringing the restarted engine (which holds π_0) to the expected policy version.
+    """
+    actor_cls = ray.remote(GeneratorActor).options(
+        num_cpus=res.generator_cpus,
+        num_gpus=res.generator_gpus * res.tensor_parallel,
+        max_restarts=3,
+        max_task_retries=0,
+    )
+    actors = [actor_cls.remote(model_path, cfg, res.tensor_parallel) for _ in range(res.generators)]
+    ray.get([a.ready.remote() for a in actors])
+    return actors
+
+
+def push_weights(generator_actors: list[Any], weights: PolicyWeights) -> list[float]:
+    """Broadcast one policy version to every generator in place; returns each actor's reload seconds.
+
+    The state dict travels as one Ray object (Ray copies it once per node, the engines never restart). A collective
+    (NCCL) broadcast for GPU clusters would replace this function and nothing else.
+    """
+    return ray.get(
+        [a.update_weights.remote(weights.version, weights.state_dict_ref, weights.path) for a in generator_actors]
+    )
+
+
+@dataclass
+class GenerationResult:
+    # One GeneratedPrompt row per usable prompt, in prompt order.
+    table: pa.Table
+    # Prompts skipped by the length policy or because they were empty: {prompt_id, reason}.
+    rejects: list[dict[str, str]] = field(default_factory=list)
+    truncated: int = 0
+    seconds: float = 0.0
+    generated_tokens: int = 0
+
+
+def run_generation_stage(
+    prompts: list[Prompt],
+    generator_actors: list[Any],
+    weights: PolicyWeights,
+    iteration: int,
+    cfg: GenerationConfig,
+) -> GenerationResult:
+    """Stream one round's prompts through the generators; every usable prompt yields exactly one row."""
+    started = time.perf_counter()
+    ds = ray.data.from_items([{"prompt_id": p.id, "messages_json": json.dumps(list(p.messages))} for p in prompts])
+    table, records = stream_through_actors(
+        ds,
+        generator_actors,
+        "generate",
+        kwargs={"iteration": iteration, "expected_version": weights.version},
+        schema=GENERATION_SCHEMA,
+        batch_size=cfg.batch_size,
+        recover=("update_weights", (weights.version, weights.state_dict_ref, weights.path)),
+    )
+    table = in_order(table, "prompt_id", [p.id for p in prompts])
+    rejects = [r for r in records if r["reason"] != "truncated"]
+    generated = sum(sum(n) for n in table.column("num_tokens").to_pylist())
+    return GenerationResult(table, rejects, len(records) - len(rejects), time.perf_counter() - started, generated)

@@ -1,0 +1,44 @@
+"""JudgeActor: one long-lived judge model, scoring K×K tables for batches of generated rows."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sppo_ray.config import JudgeConfig
+from sppo_ray.judging.judges import build_judge
+from sppo_ray.judging.scoring import judge_rows
+
+__all__ = ["JudgeActor"]
+
+
+class JudgeActor:
+    """Owns one judge (PairRM, an LLM, or the scripted length judge). Wrap with ``ray.remote``.
+
+    Args:
+        model_path: HF directory of the judge model (unused by kind "length").
+        cfg: the judge part of the run config.
+    """
+
+    def __init__(self, model_path: str | None, cfg: JudgeConfig) -> None:
+        started = time.perf_counter()
+        self.cfg = cfg
+        self.judge = build_judge(cfg.kind, model_path, cfg)
+        self.startup_seconds = time.perf_counter() - started
+
+    def ready(self) -> dict[str, Any]:
+        return {"judge": self.judge.name, "startup_seconds": self.startup_seconds}
+
+    def judge_batch(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """JudgedPrompt rows for GeneratedPrompt rows; records carry the pair count and seconds for metrics."""
+        started = time.perf_counter()
+        out = judge_rows(rows, self.judge, self.cfg.table, self.cfg.selection)
+        pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) for r in rows)
+        return {"rows": out, "records": [{"pairs": pairs, "seconds": time.perf_counter() - started}]}
+
+    def pair_logits(self, prompts: list[str], first: list[str], second: list[str]) -> list[float]:
+        """Raw logits for arbitrary pairs (evaluation uses this)."""
+        return self.judge.pair_logits(prompts, first, second).tolist()
+
+    def shutdown(self) -> None:
+        self.judge = None

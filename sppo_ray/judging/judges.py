@@ -1,0 +1,184 @@
+"""Pairwise judges. Each gives, for a batch of (prompt, first, second) triples, the logit that ``first`` beats
+``second`` when shown first. Tables are built from these logits in :mod:`sppo_ray.judging.tables`.
+
+- :class:`PairRMJudge`: llm-blender's PairRM (DeBERTa-v3 pairwise ranker), the judge of the paper.
+- :class:`LLMJudge`: any causal LM asked "which response is better, A or B?"; the logit is log p(A) − log p(B).
+  Weak with small models (see README): SmolLM2-135M answers "A" almost always, so only the debiased (both-orders)
+  table carries signal, and that signal is faint.
+- :class:`LengthJudge`: scripted, prefers the shorter (or longer) response; a judge of known taste for checking that
+  the loop moves the policy the way the judge prefers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+__all__ = ["LLMJudge", "LengthJudge", "PairJudge", "PairRMJudge", "build_judge", "judge_prompt"]
+
+
+class PairJudge(Protocol):
+    name: str
+
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        """Logit that ``first[n]`` beats ``second[n]`` for ``prompts[n]`` (first shown first); shape [N]."""
+
+
+class LengthJudge:
+    """Prefers the shorter (or longer) response: logit = ±(len(second) − len(first)) / 10 characters."""
+
+    def __init__(self, prefer: str = "shorter") -> None:
+        self.sign = 1.0 if prefer == "shorter" else -1.0
+        self.name = f"length:{prefer}"
+
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        return np.array([self.sign * (len(b) - len(a)) / 10.0 for a, b in zip(first, second)], dtype=np.float64)
+
+
+_JUDGE_TEMPLATE = (
+    "Which response answers the question better? Reply with one letter, A or B.\n\n"
+    "Question:\n{prompt}\n\nResponse A:\n{first}\n\nResponse B:\n{second}\n\n"
+    "Which response is better, A or B?"
+)
+_ANSWER_PREFIX = "The better response is"
+
+
+def judge_prompt(prompt: str, first: str, second: str) -> list[dict[str, str]]:
+    """The chat an :class:`LLMJudge` reads: the question, response A (= first), response B (= second)."""
+    return [{"role": "user", "content": _JUDGE_TEMPLATE.format(prompt=prompt, first=first, second=second)}]
+
+
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar length (longest first), so padding is small and peak memory comes early."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class LLMJudge:
+    """A causal LM as a pairwise judge; scores come from the next-token logits of the labels " A" and " B".
+
+    Args:
+        model_path: HF directory of any causal LM with a chat template.
+        batch_size: pairs per forward pass.
+        max_length: pairs longer than this are truncated from the left of the question.
+    """
+
+    def __init__(self, model_path: str, batch_size: int = 16, max_length: int = 2048, dtype: str = "float32") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), use_safetensors=True
+        ).to(self.device)
+        self.model.eval()
+        self.batch_size, self.max_length = batch_size, max_length
+        self.label_ids = [self._label_id(" A"), self._label_id(" B")]
+        self.name = f"llm:{model_path}"
+
+    def _label_id(self, label: str) -> int:
+        ids = self.tokenizer.encode(label, add_special_tokens=False)
+        return ids[-1]  # " A" is one token in BPE vocabularies; the last piece is the letter otherwise
+
+    def _encode(self, prompt: str, first: str, second: str) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            judge_prompt(prompt, first, second), add_generation_prompt=True, tokenize=True
+        )
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        ids += self.tokenizer.encode(_ANSWER_PREFIX, add_special_tokens=False)
+        return ids[-self.max_length :]
+
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        torch = self.torch
+        encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
+        out = np.zeros(len(encoded), dtype=np.float64)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for idx in _batches_by_length([len(e) for e in encoded], self.batch_size):
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: the last position is the answer slot for every row
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, -1]
+            logp = torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids]
+            out[idx] = (logp[:, 0] - logp[:, 1]).cpu().numpy()
+        return out
+
+
+def _import_llm_blender_pairrm():
+    """llm-blender 0.0.2 imports ``TRANSFORMERS_CACHE`` from transformers.utils.hub, removed in transformers 5."""
+    import transformers.utils.hub as hub
+
+    if not hasattr(hub, "TRANSFORMERS_CACHE"):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        hub.TRANSFORMERS_CACHE = HF_HUB_CACHE
+    from llm_blender.pair_ranker.pairrm import DebertaV2PairRM
+
+    return DebertaV2PairRM
+
+
+class PairRMJudge:
+    """llm-blender's PairRM in HF format (as published as llm-blender/PairRM-hf).
+
+    Input per pair: ``<|source|>prompt`` (≤ max_source tokens) + ``<|candidate1|>first`` + ``<|candidate2|>second``,
+    each encoded with the tokenizer's special tokens; the source's unused budget goes to the candidates, as the
+    published model was used. The output logit > 0 means candidate 1 is preferred.
+    """
+
+    def __init__(
+        self, model_path: str, batch_size: int = 32, max_source: int = 1224, max_candidate: int = 412,
+        dtype: str = "float32",
+    ) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        pairrm_cls = _import_llm_blender_pairrm()
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = pairrm_cls.from_pretrained(model_path, dtype=getattr(torch, dtype), use_safetensors=True)
+        self.model.to(self.device).eval()
+        self.batch_size, self.max_source, self.max_candidate = batch_size, max_source, max_candidate
+        self.name = f"pairrm:{model_path}"
+
+    def _encode(self, prompt: str, first: str, second: str) -> list[int]:
+        enc = self.tokenizer.encode
+        source = enc("<|source|>" + prompt, max_length=self.max_source, truncation=True)
+        budget = (self.max_source + 2 * self.max_candidate - len(source)) // 2
+        cand1 = enc("<|candidate1|>" + first, max_length=budget, truncation=True)
+        cand2 = enc("<|candidate2|>" + second, max_length=budget, truncation=True)
+        return source + cand1 + cand2
+
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        torch = self.torch
+        encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
+        out = np.zeros(len(encoded), dtype=np.float64)
+        pad = self.tokenizer.pad_token_id or 0
+        for idx in _batches_by_length([len(e) for e in encoded], self.batch_size):
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            out[idx] = logits.float().cpu().numpy().reshape(-1)
+        return out
+
+
+def build_judge(kind: str, model_path: str | None, cfg) -> PairJudge:
+    """The judge named by ``cfg.kind`` (``cfg`` is the run config's ``judge`` section)."""
+    if kind == "length":
+        return LengthJudge(cfg.prefer)
+    if kind == "llm":
+        return LLMJudge(model_path, cfg.batch_size, cfg.max_source_tokens + 2 * cfg.max_candidate_tokens, cfg.dtype)
+    if kind == "pairrm":
+        return PairRMJudge(model_path, cfg.batch_size, cfg.max_source_tokens, cfg.max_candidate_tokens, cfg.dtype)
+    raise ValueError(f"unknown judge kind {kind!r}")

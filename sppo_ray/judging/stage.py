@@ -1,0 +1,152 @@
+"""The judging stage: generated rows streamed through the long-lived judge actors, then the SPPO training set."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from sppo_ray.actor_pool import in_order, stream_through_actors
+from sppo_ray.config import JudgeConfig, ResourcesConfig
+from sppo_ray.judging.actor import JudgeActor
+
+__all__ = [
+    "JUDGED_SCHEMA",
+    "TRAINING_SCHEMA",
+    "JudgingResult",
+    "build_judge_actors",
+    "build_training_table",
+    "run_judging_stage",
+]
+
+# Columns of tables.parquet (see contracts.JudgedPrompt).
+JUDGED_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("logits", pa.list_(pa.float64())),
+        ("table", pa.list_(pa.float64())),
+        ("win_rates", pa.list_(pa.float64())),
+        ("scores", pa.list_(pa.float64())),
+        ("k", pa.int64()),
+        ("judge", pa.string()),
+        ("table_mode", pa.string()),
+        ("policy_version", pa.int64()),
+        ("kept", pa.list_(pa.int64())),
+        ("skipped_reason", pa.string()),
+    ]
+)
+
+
+def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesConfig) -> list[Any]:
+    actor_cls = ray.remote(JudgeActor).options(
+        num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0
+    )
+    actors = [actor_cls.remote(model_path, cfg) for _ in range(res.judges)]
+    ray.get([a.ready.remote() for a in actors])
+    return actors
+
+
+@dataclass
+class JudgingResult:
+    table: pa.Table
+    pairs: int
+    seconds: float
+    judge_seconds: float
+
+
+def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeConfig) -> JudgingResult:
+    """Judge every generated row; prompts per batch = pairs per batch / (K(K−1)), at least 1."""
+    started = time.perf_counter()
+    k = len(generated.column("responses")[0].as_py()) if generated.num_rows else 2
+    rows_per_batch = max(1, cfg.batch_size * 4 // (k * (k - 1)))
+    ds = ray.data.from_arrow(generated.select(["prompt_id", "messages_json", "responses", "policy_version"]))
+    table, records = stream_through_actors(
+        ds, judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA, batch_size=rows_per_batch
+    )
+    table = in_order(table, "prompt_id", generated.column("prompt_id").to_pylist())
+    return JudgingResult(
+        table,
+        sum(r["pairs"] for r in records),
+        time.perf_counter() - started,
+        sum(r["seconds"] for r in records),
+    )
+
+
+def _messages_with(messages: list[dict[str, str]], response: str) -> list[dict[str, str]]:
+    return messages + [{"role": "assistant", "content": response}]
+
+
+def build_training_table(generated: pa.Table, judged: pa.Table) -> pa.Table:
+    """The SPPO training set: the reference implementation's columns plus ours.
+
+    Reference columns (readable by uclaml/SPPO and TRL): ``prompt`` (the last user turn), ``chosen`` and
+    ``rejected`` (full chats ending with the response), ``chosen_probs`` = P(y_w ≻ y_l), ``chosen_probs_win`` and
+    ``chosen_probs_lose`` = win rates of y_w and y_l against π_t. In "all" selection mode every kept response after
+    the first is paired with the best one. Prompts with no preference signal contribute no row.
+    """
+    gen = {r["prompt_id"]: r for r in generated.to_pylist()}
+    out: list[dict[str, Any]] = []
+    for j in judged.to_pylist():
+        if len(j["kept"]) < 2:
+            continue
+        g, k = gen[j["prompt_id"]], j["k"]
+        table = np.asarray(j["table"]).reshape(k, k)
+        messages = json.loads(g["messages_json"])
+        best = j["kept"][0]
+        for worst in j["kept"][1:]:
+            out.append(
+                {
+                    "prompt": messages[-1]["content"],
+                    "chosen": _messages_with(messages, g["responses"][best]),
+                    "rejected": _messages_with(messages, g["responses"][worst]),
+                    "chosen_probs": float(table[best, worst]),
+                    "chosen_probs_win": float(j["win_rates"][best]),
+                    "chosen_probs_lose": float(j["win_rates"][worst]),
+                    "prompt_id": j["prompt_id"],
+                    "messages_json": g["messages_json"],
+                    "prompt_token_ids": g["prompt_token_ids"],
+                    "chosen_token_ids": g["response_token_ids"][best],
+                    "rejected_token_ids": g["response_token_ids"][worst],
+                    "responses": g["responses"],
+                    "table": j["table"],
+                    "scores": j["scores"],
+                    "chosen_index": best,
+                    "rejected_index": worst,
+                    "policy_version": j["policy_version"],
+                    "judge": j["judge"],
+                    "table_mode": j["table_mode"],
+                }
+            )
+    return pa.Table.from_pylist(out, schema=TRAINING_SCHEMA)
+
+
+_MESSAGES = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
+# Columns of train.parquet.
+TRAINING_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("chosen", _MESSAGES),
+        ("rejected", _MESSAGES),
+        ("chosen_probs", pa.float64()),
+        ("chosen_probs_win", pa.float64()),
+        ("chosen_probs_lose", pa.float64()),
+        ("prompt_id", pa.string()),
+        ("messages_json", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("chosen_token_ids", pa.list_(pa.int32())),
+        ("rejected_token_ids", pa.list_(pa.int32())),
+        ("responses", pa.list_(pa.string())),
+        ("table", pa.list_(pa.float64())),
+        ("scores", pa.list_(pa.float64())),
+        ("chosen_index", pa.int64()),
+        ("rejected_index", pa.int64()),
+        ("policy_version", pa.int64()),
+        ("judge", pa.string()),
+        ("table_mode", pa.string()),
+    ]
+)

@@ -1,0 +1,80 @@
+"""Driver side of the policy update: one Ray Train ``TorchTrainer`` fit per round."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from sppo_ray.config import ResourcesConfig, TrainingConfig
+from sppo_ray.training.worker import train_loop_per_worker
+
+__all__ = ["TrainResult", "run_training"]
+
+
+@dataclass
+class TrainResult:
+    # HF directory of π_{t+1} (safetensors, config, tokenizer, chat template).
+    model_dir: Path
+    # Per-step metrics from rank 0: loss, log-ratios and targets, grad norm, lr, tokens/s.
+    metrics: list[dict[str, Any]]
+    seconds: float
+
+
+def run_training(
+    train_parquet: str,
+    model_path: str,
+    out_dir: Path,
+    cfg: TrainingConfig,
+    res: ResourcesConfig,
+    storage_path: str,
+    name: str,
+) -> TrainResult:
+    """Fit π_t -> π_{t+1} on one round's training set and copy the exported model to ``out_dir``.
+
+    Workers use gloo on CPU and NCCL on GPU; the Parquet is read as a Ray Dataset and sharded across workers.
+    A worker that dies mid-fit makes Ray Train restart the group from the last DeepSpeed checkpoint
+    (``cfg.checkpoint_every``), up to ``cfg.max_failures`` times.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = time.perf_counter()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model_path": str(model_path),
+            "training": cfg.model_dump(mode="json"),
+            "cpus_per_worker": res.train_cpus_per_worker,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=res.train_workers,
+            use_gpu=res.train_use_gpu,
+            resources_per_worker={"CPU": res.train_cpus_per_worker, **({"GPU": 1} if res.train_use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if res.train_use_gpu else "gloo"),
+        datasets={"train": ray.data.read_parquet(train_parquet)},
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with result.checkpoint.as_directory() as exported:
+        shutil.copytree(exported, tmp)
+    metrics_file = tmp / "train_metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return TrainResult(out_dir, metrics, time.perf_counter() - started)

@@ -1,0 +1,269 @@
+"""The Ray Train worker loop: DeepSpeed SPPO (or DPO/IPO) update of π_t into π_{t+1}.
+
+Per worker: read its shard of the round's training set, compute reference log-probs with the *starting* weights in
+one no-grad pass (the reference policy of round t is π_t itself, so no second model is kept), then optimise.
+DeepSpeed checkpoints go through ``ray.train.report`` so a restarted worker group resumes at the last saved step,
+with the saved reference log-probs (the live weights have moved by then).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sppo_ray.training.batching import PairBatch, collate_pairs, row_token_ids, sequence_logps
+from sppo_ray.training.losses import LOSSES, sppo_targets
+
+__all__ = ["deepspeed_config", "train_loop_per_worker"]
+
+_TAG = "latest"
+
+
+def deepspeed_config(t: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """DeepSpeed config from the run config's training section (a dict, as it crosses into workers)."""
+    accumulation = t["global_batch_size"] // (t["micro_batch_size"] * world_size)
+    zero: dict[str, Any] = {"stage": t["zero_stage"]}
+    if t["offload"] and t["zero_stage"] > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if t["zero_stage"] == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_batch_size": t["global_batch_size"],
+        "train_micro_batch_size_per_gpu": t["micro_batch_size"],
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": t["grad_clip"],
+        "zero_optimization": zero,
+        "bf16": {"enabled": t["precision"] == "bf16"},
+        # our optimiser is a plain torch one (RMSprop as in the paper); allow it beside ZeRO-Offload
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _schedule(t: dict[str, Any], total_steps: int):
+    warmup = int(t["warmup_ratio"] * total_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if t["schedule"] == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def _load_rows(tokenizer: Any) -> list[dict[str, Any]]:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    rows = []
+    for row in shard.iter_rows():
+        prompt, chosen, rejected = row_token_ids(_plain(row), tokenizer)
+        rows.append(
+            {
+                "ids": (prompt, chosen, rejected),
+                "p_win": float(row["chosen_probs_win"]),
+                "p_lose": float(row["chosen_probs_lose"]),
+                "p_chosen": float(row["chosen_probs"]),
+            }
+        )
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays/scalars from Ray Data -> Python lists/values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _micro_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
+    return [list(range(i, i + size)) for i in range(0, len(rows) - size + 1, size)]
+
+
+def _collate(rows, idx, t, pad_id) -> PairBatch:
+    return collate_pairs([rows[i]["ids"] for i in idx], t["max_length"], t["max_prompt_length"], pad_id)
+
+
+def _reference_logps(model, rows, batches, t, pad_id) -> torch.Tensor:
+    """One no-grad pass with the starting weights: log π_t of every chosen and rejected response."""
+    ref = torch.zeros(len(rows), 2)
+    model.eval()
+    with torch.no_grad():
+        for idx in batches:
+            logps = sequence_logps(model, _collate(rows, idx, t, pad_id)).float().cpu()
+            ref[idx, 0], ref[idx, 1] = logps[: len(idx)], logps[len(idx) :]
+    model.train()
+    return ref
+
+
+def _loss(t, logps, ref, rows, idx):
+    b = len(idx)
+    pc, pr = logps[:b], logps[b:]
+    rc, rr = ref[idx, 0].to(logps.device), ref[idx, 1].to(logps.device)
+    p = {k: torch.tensor([rows[i][k] for i in idx], device=logps.device) for k in ("p_win", "p_lose", "p_chosen")}
+    if t["loss"] == "sppo":
+        losses = LOSSES["sppo"](pc, pr, rc, rr, p["p_win"], p["p_lose"], t["beta"])
+        targets = sppo_targets(p["p_win"], p["p_lose"], t["beta"])
+    elif t["loss"] == "sppo_single":
+        losses = LOSSES["sppo_single"](pc, pr, rc, rr, p["p_chosen"], t["beta"])
+        target = (p["p_chosen"] - 0.5) / t["beta"]
+        targets = (target, -target)
+    else:
+        losses = LOSSES[t["loss"]](pc, pr, rc, rr, t["beta"])
+        targets = (torch.full_like(pc, float("nan")), torch.full_like(pc, float("nan")))
+    stats = {
+        "logratio_chosen": float((pc - rc).mean()),
+        "logratio_rejected": float((pr - rr).mean()),
+        "target_chosen": float(targets[0].mean()),
+        "target_rejected": float(targets[1].mean()),
+    }
+    return losses.mean(), stats
+
+
+def _maybe_inject_failure(step: int, rank: int) -> None:
+    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 once at step N (a marker file makes it one-shot)."""
+    at = os.environ.get("SPPO_RAY_FAIL_AT_STEP")
+    marker = os.environ.get("SPPO_RAY_FAIL_MARKER")
+    if at and marker and rank == min(1, int(os.environ.get("SPPO_RAY_FAIL_RANK", "1"))) and step == int(at):
+        if not os.path.exists(marker):
+            Path(marker).write_text(f"killed rank {rank} at step {step}\n")
+            os._exit(1)
+
+
+def _save_checkpoint(engine, ref, step, rank, metrics, metrics_log) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=_TAG, client_state={"step": step, "metrics_log": metrics_log})
+        torch.save(ref, os.path.join(tmp, f"ref_logps_rank{rank}.pt"))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(engine, rank) -> tuple[int, torch.Tensor | None, list]:
+    """(step, saved reference log-probs, metrics so far) from the last mid-fit checkpoint, if any."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, None, []
+    with checkpoint.as_directory() as d:
+        ref_file = Path(d) / f"ref_logps_rank{rank}.pt"
+        _, client = engine.load_checkpoint(d, tag=_TAG)
+        return int(client["step"]), torch.load(ref_file), list(client.get("metrics_log", []))
+
+
+def _export(engine, model, tokenizer, zero_stage: int, rank: int, metrics_log: list) -> None:
+    """Gather full weights (ZeRO-3 shards them) and report π_{t+1} as an HF directory checkpoint from rank 0."""
+    import deepspeed
+    import ray.train
+
+    params = list(model.parameters())
+    context = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero_stage == 3 else _nullcontext()
+    with context:
+        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()} if rank == 0 else None
+    if rank != 0:
+        ray.train.report({"exported": 0})
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (Path(tmp) / "train_metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics_log))
+        ray.train.report({"exported": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray Train entry point. ``config``: {"model_path", "training" (TrainingConfig as a dict), "cpus_per_worker"}."""
+    import deepspeed
+    import ray.train
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t = config["training"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.float32, use_safetensors=True)
+    rows = _load_rows(tokenizer)
+    batches = _micro_batches(rows, t["micro_batch_size"])
+    accumulation = t["global_batch_size"] // (t["micro_batch_size"] * world)
+    steps_per_epoch = len(batches) // accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"training set shard of {len(rows)} rows is smaller than one optimiser step "
+            f"(micro_batch_size {t['micro_batch_size']} x accumulation {accumulation}); "
+            "use more prompts or a smaller training.global_batch_size"
+        )
+    batches = batches[: steps_per_epoch * accumulation]  # drop_last: every rank runs the same number of steps
+    total_steps = steps_per_epoch * t["epochs"]
+
+    ref = None
+    opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
+    optimizer = opt_cls(model.parameters(), lr=t["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
+    # Reference log-probs before DeepSpeed wraps the model: π_t's weights, one pass, no second model.
+    if ray.train.get_checkpoint() is None:
+        ref = _reference_logps(model, rows, batches, t, pad_id)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(t, world)
+    )
+    start_step, saved_ref, metrics_log = _resume(engine, rank)
+    ref = saved_ref if saved_ref is not None else ref
+    step = start_step
+    for epoch in range(t["epochs"]):
+        for s in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + s
+            if global_step < start_step:
+                continue
+            _maybe_inject_failure(global_step, rank)
+            started, tokens, losses, stats = time.perf_counter(), 0, [], []
+            for idx in batches[s * accumulation : (s + 1) * accumulation]:
+                batch = _collate(rows, idx, t, pad_id)
+                loss, st = _loss(t, sequence_logps(engine, batch), ref, rows, idx)
+                engine.backward(loss)
+                engine.step()
+                tokens += batch.num_tokens
+                losses.append(float(loss))
+                stats.append(st)
+            step = global_step + 1
+            seconds = time.perf_counter() - started
+            metrics = {
+                "step": step,
+                "epoch": epoch,
+                "loss": sum(losses) / len(losses),
+                **{k: sum(x[k] for x in stats) / len(stats) for k in stats[0]},
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "lr": float(scheduler.get_last_lr()[0]),
+                "tokens_per_s": tokens * world / seconds,
+                "step_seconds": seconds,
+            }
+            metrics_log.append(metrics)
+            if t["checkpoint_every"] and step % t["checkpoint_every"] == 0 and step < total_steps:
+                _save_checkpoint(engine, ref, step, rank, metrics, metrics_log)
+            else:
+                ray.train.report(metrics)
+    _export(engine, engine.module, tokenizer, t["zero_stage"], rank, metrics_log)
+    return metrics_log
