@@ -48,9 +48,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("prepare-models", help="materialise the embedded default model into $SPPO_RAY_CACHE (once)")
 
-    p = sub.add_parser("validate", help="validate a config, its models and its prompts; start nothing")
+    p = sub.add_parser("validate", help="validate a config (and, if present here, its models and prompts)")
     p.add_argument("config", help="YAML config, e.g. jobs/tiny-cpu.yaml")
     _add_overrides(p)
+    p.add_argument("--strict", action="store_true", help="also require the models and prompts to be available here")
 
     p = sub.add_parser("run", help="run the SPPO loop described by a config")
     p.add_argument("config", help="YAML config, e.g. jobs/tiny-cpu.yaml")
@@ -91,10 +92,19 @@ def _cmd_prepare_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sppo_ray.orchestration.preflight import preflight
+    from sppo_ray.config import load_config
+    from sppo_ray.errors import UserError
+    from sppo_ray.orchestration.preflight import plan_run
 
-    report = preflight(args.config, args.overrides)
-    print(report.describe())
+    config = load_config(args.config, args.overrides)
+    try:
+        plan = plan_run(config, download=False)
+    except UserError as err:
+        if args.strict:
+            raise
+        print(f"config ok: {config.name}, {config.iterations} rounds (models/prompts not available here: {err})")
+        return 0
+    print(plan.describe())
     return 0
 
 

@@ -151,6 +151,9 @@ class ResourcesConfig(_Section):
     judge_gpus: float = Field(0, ge=0)
     train_cpus_per_worker: float = Field(1, gt=0)
     train_use_gpu: bool = False
+    # Threads a judge actor computes with (0: every core of its node). Roles time-share the cores on a small
+    # machine, so an active judge should use them all even though it reserves only judge_cpus.
+    actor_threads: int = Field(0, ge=0)
     # Logical CPUs for a local Ray started by the driver (0: max(cores, what the roles reserve)); roles time-share
     # the cores on a small machine because only one stage is busy at a time.
     local_num_cpus: int = Field(0, ge=0)

@@ -61,8 +61,10 @@ class GeneratorActor:
     def ready(self) -> dict[str, Any]:
         return {"version": self.version, "startup_seconds": self.startup_seconds, "pid": os.getpid()}
 
-    def generate(self, rows: list[dict[str, Any]], iteration: int, expected_version: int) -> dict[str, Any]:
-        """K samples for each prompt row ({prompt_id, messages_json}).
+    def generate(
+        self, rows: list[dict[str, Any]], iteration: int, expected_version: int, samples: int | None = None
+    ) -> dict[str, Any]:
+        """K samples (or ``samples``) for each prompt row ({prompt_id, messages_json}).
 
         Returns {"rows": [GeneratedPrompt rows], "records": [{prompt_id, reason}]} where records list the prompts
         skipped (reason) or truncated (reason "truncated").
@@ -76,7 +78,7 @@ class GeneratorActor:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        cfg, k = self.cfg, self.cfg.k
+        cfg, k = self.cfg, samples or self.cfg.k
         fitted, rejects, requests, params = [], [], [], []
         for row in rows:
             messages = json.loads(row["messages_json"])

@@ -79,15 +79,19 @@ def run_generation_stage(
     weights: PolicyWeights,
     iteration: int,
     cfg: GenerationConfig,
+    samples: int | None = None,
 ) -> GenerationResult:
-    """Stream one round's prompts through the generators; every usable prompt yields exactly one row."""
+    """Stream one round's prompts through the generators; every usable prompt yields exactly one row.
+
+    ``samples`` overrides K (evaluation samples 1 or best-of-N); ``iteration`` enters every sample's seed.
+    """
     started = time.perf_counter()
     ds = ray.data.from_items([{"prompt_id": p.id, "messages_json": json.dumps(list(p.messages))} for p in prompts])
     table, records = stream_through_actors(
         ds,
         generator_actors,
         "generate",
-        kwargs={"iteration": iteration, "expected_version": weights.version},
+        kwargs={"iteration": iteration, "expected_version": weights.version, "samples": samples},
         schema=GENERATION_SCHEMA,
         batch_size=cfg.batch_size,
         recover=("update_weights", (weights.version, weights.state_dict_ref, weights.path)),

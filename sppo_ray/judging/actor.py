@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -18,9 +19,14 @@ class JudgeActor:
     Args:
         model_path: HF directory of the judge model (unused by kind "length").
         cfg: the judge part of the run config.
+        threads: torch threads (0: every core of the node).
     """
 
-    def __init__(self, model_path: str | None, cfg: JudgeConfig) -> None:
+    def __init__(self, model_path: str | None, cfg: JudgeConfig, threads: int = 0) -> None:
+        import torch
+
+        # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1); while judging, the other roles are idle.
+        torch.set_num_threads(threads or os.cpu_count() or 1)
         started = time.perf_counter()
         self.cfg = cfg
         self.judge = build_judge(cfg.kind, model_path, cfg)

@@ -46,7 +46,7 @@ def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesC
     actor_cls = ray.remote(JudgeActor).options(
         num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0
     )
-    actors = [actor_cls.remote(model_path, cfg) for _ in range(res.judges)]
+    actors = [actor_cls.remote(model_path, cfg, res.actor_threads) for _ in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])
     return actors
 

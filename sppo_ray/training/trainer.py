@@ -34,12 +34,14 @@ def run_training(
     res: ResourcesConfig,
     storage_path: str,
     name: str,
+    worker_env: dict[str, str] | None = None,
 ) -> TrainResult:
     """Fit π_t -> π_{t+1} on one round's training set and copy the exported model to ``out_dir``.
 
     Workers use gloo on CPU and NCCL on GPU; the Parquet is read as a Ray Dataset and sharded across workers.
     A worker that dies mid-fit makes Ray Train restart the group from the last DeepSpeed checkpoint
-    (``cfg.checkpoint_every``), up to ``cfg.max_failures`` times.
+    (``cfg.checkpoint_every``), up to ``cfg.max_failures`` times. ``worker_env`` is set in every worker's
+    environment before training starts (e.g. NCCL or DeepSpeed variables).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -51,6 +53,7 @@ def run_training(
             "model_path": str(model_path),
             "training": cfg.model_dump(mode="json"),
             "cpus_per_worker": res.train_cpus_per_worker,
+            "env": dict(worker_env or {}),
         },
         scaling_config=ScalingConfig(
             num_workers=res.train_workers,

@@ -43,6 +43,7 @@ def deepspeed_config(t: dict[str, Any], world_size: int) -> dict[str, Any]:
         "bf16": {"enabled": t["precision"] == "bf16"},
         # our optimiser is a plain torch one (RMSprop as in the paper); allow it beside ZeRO-Offload
         "zero_force_ds_cpu_optimizer": False,
+        "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -200,6 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t = config["training"]
+    os.environ.update(config.get("env", {}))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not torch.cuda.is_available():

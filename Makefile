@@ -1,0 +1,21 @@
+# The two commands: `make demo` (set up, then run the embedded default job) and `make test` (set up, then the tests).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit clean-runs
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/sppo-ray run jobs/tiny-cpu.yaml --fresh
+	.venv/bin/sppo-ray report runs/tiny-cpu
+
+test: setup
+	$(PY) -m pytest tests -m "unit or integration or e2e" $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests -m unit $(PYTEST_ARGS)
+
+clean-runs:
+	rm -rf runs bench-results

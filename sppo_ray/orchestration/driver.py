@@ -1,0 +1,182 @@
+"""`sppo-ray run` / `resume`: SPPO rounds as recorded stages (generate -> judge -> dataset -> train -> broadcast).
+
+Each stage writes its outputs to the run directory and is then recorded in the manifest; a resumed run loads
+finished stages instead of repeating them, so it produces the same data as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_config
+from sppo_ray.contracts import PolicyWeights
+from sppo_ray.data.prompts import Prompt
+from sppo_ray.errors import RunStateError
+from sppo_ray.generation.stage import run_generation_stage
+from sppo_ray.judging.stage import build_training_table, run_judging_stage
+from sppo_ray.orchestration import summary
+from sppo_ray.orchestration.metrics import RunMetrics
+from sppo_ray.orchestration.preflight import Plan, plan_run
+from sppo_ray.orchestration.rundir import RunDir, changed_keys
+from sppo_ray.orchestration.session import Session, init_ray, load_weights
+from sppo_ray.training.trainer import run_training
+
+__all__ = ["PROBE_QUESTION", "resume", "run"]
+
+PROBE_QUESTION = "What is the capital of France?"
+
+
+def run(config_path: str, overrides: list[str] | None = None, *, fresh: bool = False) -> Path:
+    """Start a run from a config file. Refuses to overwrite an existing run unless ``fresh``."""
+    config = load_config(config_path, overrides)
+    plan = plan_run(config)  # models, prompts and splits fail here, before any actor starts
+    rd = RunDir(config.run_dir)
+    if rd.exists("manifest.json"):
+        if not fresh:
+            raise RunStateError(
+                f"{config.run_dir} already holds a run: `sppo-ray resume {config.run_dir}` continues it, "
+                "--fresh starts over"
+            )
+        rd.fs.delete_dir_contents(rd.root)
+    return _execute(plan, rd)
+
+
+def resume(run_dir: str, *, config_path: str | None = None, overrides: list[str] | None = None,
+           allow_change: bool = False) -> Path:
+    """Continue a run from its last finished stage; refuses a changed config unless ``allow_change``."""
+    rd = RunDir(run_dir)
+    if not rd.exists("config.yaml"):
+        raise RunStateError(f"{run_dir} is not a run directory (no config.yaml)")
+    saved = rd.read_config()
+    config = load_config(config_path, overrides) if config_path else parse_config(apply_overrides(saved, overrides or []))
+    changes = changed_keys(saved, config.to_dict())
+    if changes and not allow_change:
+        raise RunStateError("config differs from the run's; pass --allow-config-change to resume anyway:\n  "
+                            + "\n  ".join(changes))
+    return _execute(plan_run(config), rd)
+
+
+def _execute(plan: Plan, rd: RunDir) -> Path:
+    config = plan.config
+    rd.write_config(config.to_dict())
+    rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
+    init_ray(config)
+    session = Session.start(config, plan.policy_path, plan.judge_path)
+    metrics = RunMetrics(config.name)
+    try:
+        for t, prompts in enumerate(plan.rounds):
+            _round(t, prompts, session, rd, config, metrics)
+        if config.eval_at_end:
+            from sppo_ray.orchestration.evaluate import evaluate_session
+
+            evaluate_session(session, rd, config, plan.held_out)
+        print(summary.run_table(rd.manifest()), flush=True)
+    finally:
+        session.shutdown()
+    return Path(rd.root)
+
+
+def _round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig, metrics: RunMetrics) -> None:
+    """One SPPO round: π_t samples K responses, the judge fills K×K tables, DeepSpeed fits π_{t+1}, generators get it."""
+    timer = _Timer(t, metrics)
+    with timer("generate"):
+        generated = _generate(t, prompts, session, rd, config)
+    with timer("judge"):
+        judged = _judge(t, generated, session, rd, config)
+    with timer("dataset"):
+        _dataset(t, generated, judged, rd)
+    with timer("train"):
+        model_dir, train_metrics = _train(t, rd, config, session)
+    with timer("broadcast"):
+        session.broadcast(load_weights(model_dir, t + 1))
+    probe = session.probe(PROBE_QUESTION)
+    round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
+    rd.record_round(t, round_summary)
+    metrics.round_done(round_summary)
+    print(summary.round_table(round_summary), flush=True)
+
+
+def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig) -> pa.Table:
+    rel = f"round_{t}/responses.parquet"
+    if rd.done(t, "generate"):
+        return rd.read_parquet(rel)
+    if session.generator_version != t:  # resumed: bring the generators to π_t first
+        session.broadcast(load_weights(Path(rd.local_path(f"round_{t - 1}/model")), t))
+    result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation)
+    rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
+    rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
+    digest = rd.write_parquet(rel, result.table)
+    rd.record(t, "generate", outputs={rel: digest}, seconds=result.seconds, policy_version=session.weights.version,
+              prompts=len(prompts), rejected=len(rejects), truncated=result.truncated,
+              generated_tokens=result.generated_tokens)
+    return result.table
+
+
+def _judge(t: int, generated: pa.Table, session: Session, rd: RunDir, config: RunConfig) -> pa.Table:
+    rel = f"round_{t}/tables.parquet"
+    if rd.done(t, "judge"):
+        return rd.read_parquet(rel)
+    result = run_judging_stage(generated, session.judge_actors, config.judge)
+    digest = rd.write_parquet(rel, result.table)
+    rd.record(t, "judge", outputs={rel: digest}, seconds=result.seconds, pairs=result.pairs,
+              judge_seconds=result.judge_seconds)
+    return result.table
+
+
+def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
+    rel = f"round_{t}/train.parquet"
+    if rd.done(t, "dataset"):
+        return
+    started = time.perf_counter()
+    table = build_training_table(generated, judged)
+    if table.num_rows == 0:
+        raise RunStateError(f"round {t}: the judge found no preference in any prompt; nothing to train on")
+    digest = rd.write_parquet(rel, table)
+    rd.record(t, "dataset", outputs={rel: digest}, seconds=time.perf_counter() - started, rows=table.num_rows)
+
+
+def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Path, list[dict[str, Any]]]:
+    rel = f"round_{t}/model"
+    start_model = session.base_policy if t == 0 else Path(rd.local_path(f"round_{t - 1}/model"))
+    if not rd.done(t, "train"):
+        result = run_training(rd.local_path(f"round_{t}/train.parquet"), str(start_model),
+                              Path(rd.local_path(rel)), config.training, config.resources,
+                              storage_path=rd.local_path("ray_train"), name=f"round_{t}")
+        rd.record(t, "train", outputs={rel: _dir_digest(result.model_dir)}, seconds=result.seconds,
+                  steps=len(result.metrics))
+    metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"
+    train_metrics = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+    return Path(rd.local_path(rel)), train_metrics
+
+
+def _dir_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class _Timer:
+    """Names and times each phase of a round (seconds per phase, and the round's wall time)."""
+
+    def __init__(self, t: int, metrics: RunMetrics) -> None:
+        self.t, self.metrics, self.seconds = t, metrics, {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        self.metrics.stage(self.t, phase)
+        began = time.perf_counter()
+        yield
+        self.seconds[phase] = time.perf_counter() - began
+        self.seconds["round"] = time.perf_counter() - self.started

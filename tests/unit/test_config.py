@@ -1,0 +1,161 @@
+"""Config parsing, validation, overrides and `sppo-ray validate` (sppo_ray/config.py, sppo_ray/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sppo_ray.cli import main
+from sppo_ray.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def test_jobs_exist():
+    names = {p.name for p in JOBS}
+    assert {"tiny-cpu.yaml", "paper-llama3-8b.yaml", "paper-mistral-7b.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_yaml_parses(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    raw = yaml.safe_load(path.read_text())
+    # the file's own values come through (not defaults)
+    assert cfg.name == raw["name"]
+    assert cfg.generation.k == raw["generation"]["k"]
+    assert cfg.training.beta == raw["training"]["beta"]
+
+
+def test_tiny_cpu_values():
+    cfg = load_config(REPO / "jobs" / "tiny-cpu.yaml")
+    assert (cfg.iterations, cfg.generation.k, cfg.training.beta) == (2, 3, 0.05)
+    assert cfg.generation.dtype == "float32"
+    # omitted keys take defaults
+    assert cfg.generation.overlong_prompts == "truncate"
+
+
+def test_defaults_are_paper_settings():
+    cfg = parse_config({})
+    assert cfg.generation.k == 5
+    assert cfg.training.beta == 0.001
+    assert cfg.iterations == 3
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"generation": {"kk": 3}}, "generation.kk"),
+        ({"bogus": 1}, "bogus"),
+        ({"generation": {"k": "many"}}, "generation.k"),
+        ({"generation": {"k": 1}}, "generation.k"),
+        ({"training": {"beta": 0}}, "training.beta"),
+        ({"training": {"beta": -0.1}}, "training.beta"),
+        ({"judge": {"kind": "oracle"}}, "judge.kind"),
+        ({"generation": {"top_p": 1.5}}, "generation.top_p"),
+    ],
+)
+def test_invalid_values_name_the_key(data, key):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert f"  {key}:" in str(exc.value)
+
+
+def test_unknown_key_says_unknown():
+    with pytest.raises(ConfigError, match=r"generation\.kk: unknown key"):
+        parse_config({"generation": {"kk": 3}})
+
+
+def test_several_errors_all_named():
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"generation": {"k": 1}, "training": {"beta": 0}})
+    assert "generation.k" in str(exc.value) and "training.beta" in str(exc.value)
+
+
+def test_top_level_must_be_mapping():
+    with pytest.raises(ConfigError):
+        parse_config([1, 2])  # type: ignore[arg-type]
+
+
+def test_global_batch_not_divisible():
+    # micro_batch_size 2 x train_workers 3 = 6; 64 % 6 = 4 != 0
+    data = {"training": {"global_batch_size": 64, "micro_batch_size": 2}, "resources": {"train_workers": 3}}
+    with pytest.raises(ConfigError, match="global_batch_size"):
+        parse_config(data)
+    # 66 = 11 x 6 is fine
+    data["training"]["global_batch_size"] = 66
+    assert parse_config(data).training.global_batch_size == 66
+
+
+def test_max_prompt_length_must_be_below_max_length():
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        parse_config({"training": {"max_length": 64, "max_prompt_length": 64}})
+
+
+def test_apply_overrides():
+    base = {"training": {"beta": 0.001}, "name": "x"}
+    out = apply_overrides(base, ["training.beta=0.01", "generation.k=3", "name=run=2", "eval_at_end=false"])
+    assert out["training"]["beta"] == 0.01
+    assert out["generation"] == {"k": 3}  # new section created
+    assert out["name"] == "run=2"  # split on the first "=" only
+    assert out["eval_at_end"] is False  # YAML scalar parsing
+    assert base == {"training": {"beta": 0.001}, "name": "x"}  # input not mutated
+
+
+def test_apply_overrides_bad():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides({}, ["training.beta"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_load_config_with_overrides():
+    path = REPO / "jobs" / "tiny-cpu.yaml"
+    cfg = load_config(path, ["training.beta=0.01", "generation.k=4"])
+    assert cfg.training.beta == 0.01
+    assert cfg.generation.k == 4
+    with pytest.raises(ConfigError, match=r"generation\.k"):
+        load_config(path, ["generation.k=1"])
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generation: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty).generation.k == 5
+
+
+def test_config_is_frozen():
+    cfg = parse_config({})
+    with pytest.raises(Exception):
+        cfg.generation.k = 7  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_cli_validate_shipped_jobs(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    assert "config ok" in capsys.readouterr().out
+
+
+def test_cli_validate_bad_k(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generation: {k: 1}\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "generation.k" in err
+    assert "Traceback" not in err
+
+
+def test_cli_validate_bad_override(capsys):
+    assert main(["validate", str(REPO / "jobs" / "tiny-cpu.yaml"), "--set", "training.beta"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
