@@ -87,6 +87,8 @@ def select(scores: np.ndarray, mode: str = "pair", *, atol: float = 1e-9) -> Sel
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size < 2:
         raise ValueError(f"expected a 1-D array of at least 2 scores, got shape {scores.shape}")
+    if not np.all(np.isfinite(scores)):
+        return Selection((), "judge returned a non-finite score")
     if scores.max() - scores.min() <= atol:
         return Selection((), "all scores equal")
     if mode == "all":

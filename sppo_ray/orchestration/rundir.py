@@ -71,9 +71,7 @@ class RunDir:
 
     # -- atomic writes ------------------------------------------------------------------------------------------
     def _commit(self, tmp: str, final: str) -> None:
-        if self.exists(final[len(self.root) + 1 :]):
-            self.fs.delete_file(final)
-        self.fs.move(tmp, final)
+        self.fs.move(tmp, final)  # replaces an existing file in one step; deleting first would open a crash window
 
     def write_bytes(self, rel: str, data: bytes) -> str:
         final, tmp = self.path(rel), self.path(rel + ".tmp")

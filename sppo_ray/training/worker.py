@@ -127,8 +127,8 @@ def _loss(t, logps, ref, rows, idx):
         losses = LOSSES[t["loss"]](pc, pr, rc, rr, t["beta"])
         targets = (torch.full_like(pc, float("nan")), torch.full_like(pc, float("nan")))
     stats = {
-        "logratio_chosen": float((pc - rc).mean()),
-        "logratio_rejected": float((pr - rr).mean()),
+        "logratio_chosen": float((pc - rc).detach().mean()),
+        "logratio_rejected": float((pr - rr).detach().mean()),
         "target_chosen": float(targets[0].mean()),
         "target_rejected": float(targets[1].mean()),
     }
@@ -139,7 +139,7 @@ def _maybe_inject_failure(step: int, rank: int) -> None:
     """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 once at step N (a marker file makes it one-shot)."""
     at = os.environ.get("SPPO_RAY_FAIL_AT_STEP")
     marker = os.environ.get("SPPO_RAY_FAIL_MARKER")
-    if at and marker and rank == min(1, int(os.environ.get("SPPO_RAY_FAIL_RANK", "1"))) and step == int(at):
+    if at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and step == int(at):
         if not os.path.exists(marker):
             Path(marker).write_text(f"killed rank {rank} at step {step}\n")
             os._exit(1)

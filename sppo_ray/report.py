@@ -1,0 +1,135 @@
+"""`sppo-ray report RUN_DIR`: PNG plots of a run and a Markdown summary that embeds them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report"]
+
+_PHASES = ("generate", "judge", "dataset", "train", "broadcast")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _rounds(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return [manifest["rounds"][k] for k in sorted(manifest["rounds"], key=int)]
+
+
+def _win_rates(rounds, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["round"] for r in rounds]
+    ax.plot(x, [r["win_rate_chosen"] for r in rounds], "o-", label="chosen (y_w)", color="tab:green")
+    ax.plot(x, [r["win_rate_rejected"] for r in rounds], "o-", label="rejected (y_l)", color="tab:red")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x)
+    ax.set_xlabel("round t")
+    ax.set_ylabel("mean win rate vs π_t (judge)")
+    ax.set_title("Win rates of the kept responses")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _losses(run_dir: Path, rounds, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    offset = 0
+    for r in rounds:
+        f = run_dir / f"round_{r['round']}" / "model" / "train_metrics.jsonl"
+        metrics = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
+        steps = [offset + m["step"] for m in metrics]
+        ax.plot(steps, [m["loss"] for m in metrics], "o-", ms=3, label=f"round {r['round']}")
+        offset = steps[-1] if steps else offset
+    ax.set_xlabel("optimiser step (all rounds)")
+    ax.set_ylabel("training loss")
+    ax.set_title("Loss per step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _stage_times(rounds, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bottom = [0.0] * len(rounds)
+    x = [r["round"] for r in rounds]
+    for phase in _PHASES + ("outside stages",):
+        values = [r["overhead_seconds"] if phase == "outside stages" else r["seconds"].get(phase, 0.0) for r in rounds]
+        ax.bar(x, values, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(x)
+    ax.set_xlabel("round t")
+    ax.set_ylabel("seconds")
+    ax.set_title("Time per stage")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _lengths(rounds, manifest, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["round"] for r in rounds]
+    ax.plot(x, [r["mean_response_tokens"] for r in rounds], "o-", label="training samples of π_t")
+    ev = manifest.get("eval")
+    if ev:
+        ax.plot(range(len(ev["models"])), ev["mean_response_tokens"], "s--", label="held-out answers of π_t")
+    ax.set_xlabel("round t (policy π_t)")
+    ax.set_ylabel("mean response length (tokens)")
+    ax.set_title("Response length per round")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write RUN_DIR/report/{report.md, *.png}; returns the Markdown path."""
+    from sppo_ray.errors import RunStateError
+
+    manifest_file = run_dir / "manifest.json"
+    if not manifest_file.is_file():
+        raise RunStateError(f"{run_dir} has no manifest.json (not a run directory, or no stage finished yet)")
+    manifest = json.loads(manifest_file.read_text())
+    rounds = _rounds(manifest)
+    if not rounds:
+        raise RunStateError(f"{run_dir}: no round has finished yet")
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    _win_rates(rounds, out / "win_rates.png")
+    _losses(run_dir, rounds, out / "loss.png")
+    _stage_times(rounds, out / "stage_times.png")
+    _lengths(rounds, manifest, out / "response_length.png")
+    lines = [f"# SPPO run report: {run_dir.name}", "", "| round | prompts | rows | win rate y_w | win rate y_l |"
+             " loss first → last | mean response tokens | seconds |", "|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        loss = f"{r['loss_first']:.4g} → {r['loss_last']:.4g}" if r["loss_first"] is not None else "-"
+        lines.append(f"| {r['round']} | {r['prompts']} | {r['train_rows']} | {r['win_rate_chosen']:.3f} |"
+                     f" {r['win_rate_rejected']:.3f} | {loss} | {r['mean_response_tokens']:.1f} |"
+                     f" {r['seconds'].get('round', 0):.0f} |")
+    lines += ["", "![win rates](win_rates.png)", "", "![loss](loss.png)", "", "![time per stage](stage_times.png)",
+              "", "![response length](response_length.png)", ""]
+    ev = manifest.get("eval")
+    if ev:
+        lines += ["## Held-out evaluation", "", f"Judge: {ev['judge']}, {ev['prompts']} prompts"
+                  + (f", best-of-{ev['best_of']}" if ev["best_of"] > 1 else "") + ". P(row beats column):", "",
+                  "| | " + " | ".join(ev["models"]) + " |", "|---" * (len(ev["models"]) + 1) + "|"]
+        for name, row in zip(ev["models"], ev["matrix"]):
+            lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
+        if (run_dir / "eval" / "heatmap.png").is_file():
+            lines += ["", "![win-rate matrix](../eval/heatmap.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

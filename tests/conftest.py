@@ -1,0 +1,40 @@
+"""Shared, expensive fixtures: one Ray cluster and one model cache per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def embedded_policy() -> Path:
+    """The embedded SmolLM2 as an HF directory in the shared cache (converted once per machine)."""
+    from sppo_ray.models import prepare_embedded
+
+    return prepare_embedded()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session; CLI subprocesses join it through RAY_ADDRESS.
+
+    Logical CPUs exceed the 2 cores on purpose: roles time-share the cores (see README, "CPUs on one machine").
+    """
+    import ray
+
+    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cli_env(ray_cluster) -> dict[str, str]:
+    """Environment for `sppo-ray` subprocesses: same cache, same Ray cluster."""
+    env = dict(os.environ)
+    env["RAY_ADDRESS"] = ray_cluster
+    env.setdefault("SPPO_RAY_CACHE", str(Path.home() / ".cache" / "sppo_ray"))
+    return env

@@ -1,0 +1,48 @@
+"""Helpers for end-to-end tests: run the real `sppo-ray` CLI in subprocesses, write job configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "sppo_ray.cli"]
+
+# The e2e job: 2 rounds of 8 prompts, K=3, short answers, the SmolLM2 LLM judge (the embedded default, smaller).
+TINY = {
+    "name": "e2e",
+    "iterations": 2,
+    "eval_at_end": True,
+    "data": {"prompts_per_iteration": 8, "eval_prompts": 4},
+    "generation": {"k": 3, "max_new_tokens": 24, "max_prompt_tokens": 96, "overlong_prompts": "skip",
+                   "dtype": "float32", "batch_size": 8},
+    "judge": {"kind": "llm", "batch_size": 16, "max_source_tokens": 128, "max_candidate_tokens": 48},
+    "training": {"loss": "sppo", "beta": 0.05, "lr": 1.0e-6, "global_batch_size": 4, "micro_batch_size": 1,
+                 "zero_stage": 2, "precision": "fp32", "max_length": 160, "max_prompt_length": 96},
+    "resources": {"generators": 1, "judges": 1, "train_workers": 2},
+}
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sppo-ray {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_config(path: Path, run_dir: Path, prompts: Path, **changes) -> Path:
+    config = json.loads(json.dumps(TINY))
+    config["run_dir"] = str(run_dir)
+    config["data"]["prompts"] = str(prompts)
+    for key, value in changes.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            config[section][leaf] = value
+        else:
+            config[section] = value
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,95 @@
+"""Crash and resume through the real CLI: a generator killed mid-generation, the driver killed mid-judging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from e2e_helpers import CLI, REPO, cli, write_config
+
+pytestmark = pytest.mark.e2e
+
+COMPARED = ["prompt_id", "prompt", "chosen", "rejected", "chosen_probs", "chosen_probs_win", "chosen_probs_lose",
+            "chosen_index", "rejected_index", "policy_version"]
+
+
+def _kill_generator_once(stop: threading.Event, killed: list[int]) -> None:
+    while not stop.is_set():
+        out = subprocess.run(["pgrep", "-f", "ray::GeneratorActor.generate"], capture_output=True, text=True).stdout
+        if out.split():
+            os.kill(int(out.split()[0]), signal.SIGKILL)
+            killed.append(int(out.split()[0]))
+            return
+        time.sleep(0.2)
+
+
+def _wait_for_stage(run_dir, key: str, proc: subprocess.Popen, timeout: float = 1500) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        manifest = run_dir / "manifest.json"
+        if manifest.is_file():
+            try:
+                if key in json.loads(manifest.read_text())["stages"]:
+                    return
+            except json.JSONDecodeError:
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {key}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {key}")
+
+
+def test_resume_after_crash_reproduces_the_uninterrupted_run(tiny_run, bad_prompts, cli_env, tmp_path):
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "crash.yaml", run_dir, bad_prompts)
+    proc = subprocess.Popen([*CLI, "run", str(config)], env=cli_env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_generator_once, args=(stop, killed))
+    killer.start()
+    try:
+        _wait_for_stage(run_dir, "round_1/generate", proc)  # round 2's judging starts right after this
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        stop.set()
+        killer.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert killed, "no generator was killed during generation"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "round_1/judge" not in manifest["stages"]
+    # every prompt exactly once despite the killed generator
+    responses = pq.read_table(run_dir / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
+    assert len(responses) == len(set(responses)) == 8
+
+    generate_seconds = manifest["stages"]["round_0/generate"]["seconds"]
+    cli("resume", str(run_dir), env=cli_env)
+    resumed = json.loads((run_dir / "manifest.json").read_text())
+    assert resumed["stages"]["round_0/generate"]["seconds"] == generate_seconds  # not redone
+    assert {f"round_{t}/{s}" for t in (0, 1) for s in ("generate", "judge", "dataset", "train")} <= set(resumed["stages"])
+    for t in (0, 1):
+        ours = pq.read_table(run_dir / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
+        reference = pq.read_table(tiny_run["dir"] / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
+        assert len(ours) == len(reference)
+        for a, b in zip(ours, reference):
+            for key in COMPARED:
+                if isinstance(a[key], float):
+                    assert a[key] == pytest.approx(b[key], abs=1e-6), (t, key)
+                else:
+                    assert a[key] == b[key], (t, key)
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tiny_run, cli_env):
+    proc = cli("resume", str(tiny_run["dir"]), "--set", "training.beta=0.5", "--set", "generation.k=4",
+               env=cli_env, check=False)
+    assert proc.returncode == 2
+    assert "training.beta: 0.05 -> 0.5" in proc.stderr and "generation.k: 3 -> 4" in proc.stderr

