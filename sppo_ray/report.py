@@ -62,7 +62,7 @@ def _losses(run_dir: Path, rounds, path: Path) -> None:
 
 def _stage_times(rounds, path: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     bottom = [0.0] * len(rounds)
     x = [r["round"] for r in rounds]
     for phase in _PHASES + ("outside stages",):
@@ -73,7 +73,7 @@ def _stage_times(rounds, path: Path) -> None:
     ax.set_xlabel("round t")
     ax.set_ylabel("seconds")
     ax.set_title("Time per stage")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

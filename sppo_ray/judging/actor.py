@@ -46,5 +46,19 @@ class JudgeActor:
         """Raw logits for arbitrary pairs (evaluation uses this)."""
         return self.judge.pair_logits(prompts, first, second).tolist()
 
+    def time_pair_logits(self, prompts: list[str], first: list[str], second: list[str], batch_size: int) -> float:
+        """Seconds to score these pairs at ``batch_size`` inside the actor (benchmarks: bare engine baselines)."""
+        saved = getattr(self.judge, "batch_size", None)
+        self.judge.batch_size = batch_size
+        started = time.perf_counter()
+        if batch_size == 1:  # reference-style: one pair per call, as uclaml/SPPO ranks with PairRM
+            for p, a, b in zip(prompts, first, second):
+                self.judge.pair_logits([p], [a], [b])
+        else:
+            self.judge.pair_logits(prompts, first, second)
+        seconds = time.perf_counter() - started
+        self.judge.batch_size = saved
+        return seconds
+
     def shutdown(self) -> None:
         self.judge = None

@@ -7,17 +7,14 @@ finished stages instead of repeating them, so it produces the same data as an un
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pyarrow as pa
 
 from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_config
-from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.errors import RunStateError
 from sppo_ray.generation.stage import run_generation_stage
@@ -98,6 +95,7 @@ def _round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: 
     with timer("broadcast"):
         session.broadcast(load_weights(model_dir, t + 1))
     probe = session.probe(PROBE_QUESTION)
+    timer.finish()
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
     rd.record_round(t, round_summary)
     metrics.round_done(round_summary)
@@ -179,4 +177,7 @@ class _Timer:
         began = time.perf_counter()
         yield
         self.seconds[phase] = time.perf_counter() - began
+
+    def finish(self) -> None:
+        """The round's wall time: its phases plus whatever ran between them (the orchestration overhead)."""
         self.seconds["round"] = time.perf_counter() - self.started

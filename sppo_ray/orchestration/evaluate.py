@@ -94,7 +94,7 @@ def _heatmap(w: np.ndarray, labels: list[str], path: Path, title: str) -> None:
     ax.set_ylabel("model (row)")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", color="black")
+            ax.text(j, i, f"{w[i, j]:.3f}", ha="center", va="center", color="black")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="P(row beats column)")
     fig.tight_layout()

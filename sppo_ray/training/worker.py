@@ -65,9 +65,13 @@ def _schedule(t: dict[str, Any], total_steps: int):
 def _load_rows(tokenizer: Any) -> list[dict[str, Any]]:
     import ray.train
 
-    shard = ray.train.get_dataset_shard("train")
+    return _rows_from(ray.train.get_dataset_shard("train").iter_rows(), tokenizer)
+
+
+def _rows_from(source, tokenizer: Any) -> list[dict[str, Any]]:
+    """Training rows as token ids and the three probabilities the losses use."""
     rows = []
-    for row in shard.iter_rows():
+    for row in source:
         prompt, chosen, rejected = row_token_ids(_plain(row), tokenizer)
         rows.append(
             {

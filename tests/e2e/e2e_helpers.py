@@ -21,7 +21,7 @@ TINY = {
     "generation": {"k": 3, "max_new_tokens": 24, "max_prompt_tokens": 96, "overlong_prompts": "skip",
                    "dtype": "float32", "batch_size": 8},
     "judge": {"kind": "llm", "batch_size": 16, "max_source_tokens": 128, "max_candidate_tokens": 48},
-    "training": {"loss": "sppo", "beta": 0.05, "lr": 1.0e-6, "global_batch_size": 4, "micro_batch_size": 1,
+    "training": {"loss": "sppo", "beta": 0.05, "lr": 3.0e-7, "global_batch_size": 4, "micro_batch_size": 1,
                  "zero_stage": 2, "precision": "fp32", "max_length": 160, "max_prompt_length": 96},
     "resources": {"generators": 1, "judges": 1, "train_workers": 2},
 }

@@ -16,7 +16,7 @@ def test_length_judge_makes_answers_shorter(cli_env, tmp_path):
         data={"prompts_per_iteration": 12, "eval_prompts": 12},
         judge={"kind": "length", "prefer": "shorter", "batch_size": 64},
         generation={"k": 4, "max_new_tokens": 48, "max_prompt_tokens": 96, "dtype": "float32", "batch_size": 12},
-        training={"loss": "sppo", "beta": 0.1, "lr": 5.0e-6, "epochs": 2, "global_batch_size": 4,
+        training={"loss": "sppo", "beta": 0.1, "lr": 1.0e-6, "epochs": 2, "global_batch_size": 4,
                   "micro_batch_size": 1, "zero_stage": 2, "precision": "fp32", "max_length": 160,
                   "max_prompt_length": 96},
     )

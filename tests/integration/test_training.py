@@ -21,7 +21,7 @@ RES = ResourcesConfig(train_workers=2, train_cpus_per_worker=1)
 
 
 def _config(**kw) -> TrainingConfig:
-    base = dict(loss="sppo", beta=0.1, lr=2e-6, optimizer="rmsprop", global_batch_size=4, micro_batch_size=1,
+    base = dict(loss="sppo", beta=0.1, lr=3e-7, optimizer="rmsprop", global_batch_size=4, micro_batch_size=1,
                 zero_stage=2, precision="fp32", max_length=128, max_prompt_length=64, epochs=2, warmup_ratio=0.0,
                 schedule="constant")
     base.update(kw)

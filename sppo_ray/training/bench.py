@@ -1,0 +1,112 @@
+"""Training benchmark: steps through Ray Train vs the same DeepSpeed steps in plain torch.distributed processes.
+
+Both sides run the same model, rows, DeepSpeed config and step code (``worker.py``); the bare side shards rows
+the way Ray Data's equal split does and starts its processes with ``torch.multiprocessing``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+__all__ = ["bench_training"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: list, t: dict, out: str) -> None:
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sppo_ray.training.batching import sequence_logps
+    from sppo_ray.training.worker import (_collate, _loss, _micro_batches, _reference_logps, _rows_from,
+                                          deepspeed_config)
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": "0"})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad = tokenizer.pad_token_id or 0
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
+    rows = _rows_from(rows_raw[rank::world][: len(rows_raw) // world], tokenizer)
+    batches = _micro_batches(rows, t["micro_batch_size"])
+    acc = t["global_batch_size"] // (t["micro_batch_size"] * world)
+    ref = _reference_logps(model, rows, batches, t, pad)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=t["lr"])
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(t, world))
+    steps = []
+    for s in range(len(batches) // acc):
+        started, tokens = time.perf_counter(), 0
+        for idx in batches[s * acc : (s + 1) * acc]:
+            batch = _collate(rows, idx, t, pad)
+            loss, _ = _loss(t, sequence_logps(engine, batch), ref, rows, idx)
+            engine.backward(loss)
+            engine.step()
+            tokens += batch.num_tokens
+        seconds = time.perf_counter() - started
+        steps.append({"tokens_per_s": tokens * world / seconds, "step_seconds": seconds})
+    if rank == 0:
+        Path(out).write_text(json.dumps(steps))
+    dist.destroy_process_group()
+
+
+def _steady(steps: list[dict[str, Any]]) -> float:
+    """Mean tokens/s over steps after the first (the first pays one-time allocation costs)."""
+    tail = steps[1:] or steps
+    return sum(s["tokens_per_s"] for s in tail) / len(tail)
+
+
+def bench_training(config, plan, out: Path, *, tiny: bool) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    from sppo_ray.training.trainer import run_training
+
+    train_file = _bench_dataset(config, plan, out, rows=8 if tiny else 24)
+    t = config.training.model_copy(update={"epochs": 1, "checkpoint_every": 0})
+    started = time.perf_counter()
+    result = run_training(str(train_file), str(plan.policy_path), out / "bench_model", t, config.resources,
+                          storage_path=str((out / "ray_train").resolve()), name=f"bench-{int(time.time())}")
+    ray_fit_s = time.perf_counter() - started
+    world = config.resources.train_workers
+    bare_out = out / "bare_steps.json"
+    rows_raw = pq.read_table(train_file).to_pylist()
+    started = time.perf_counter()
+    mp.start_processes(_bare_worker, args=(world, _free_port(), str(plan.policy_path), rows_raw,
+                                           t.model_dump(mode="json"), str(bare_out)),
+                       nprocs=world, start_method="spawn")
+    bare_fit_s = time.perf_counter() - started
+    bare_steps = json.loads(bare_out.read_text())
+    ray_tps, bare_tps = _steady(result.metrics), _steady(bare_steps)
+    return {"rows": len(rows_raw), "workers": world, "steps": len(result.metrics),
+            "ray_train_tokens_per_s": ray_tps, "bare_deepspeed_tokens_per_s": bare_tps,
+            "ratio_ray_train_over_bare": ray_tps / bare_tps,
+            "ray_train_fit_seconds": ray_fit_s, "bare_fit_seconds_incl_process_start": bare_fit_s}
+
+
+def _bench_dataset(config, plan, out: Path, rows: int) -> Path:
+    """A training set from the shipped prompts with fixed short answers (no generation needed)."""
+    import pyarrow as pa
+
+    data = []
+    for n, p in enumerate(plan.rounds[0][:rows] if len(plan.rounds[0]) >= rows else plan.prompt_set.prompts[:rows]):
+        user = list(p.messages)
+        data.append({"prompt": user[-1]["content"],
+                     "chosen": user + [{"role": "assistant", "content": f"A short helpful answer number {n}."}],
+                     "rejected": user + [{"role": "assistant", "content": "I do not know, sorry about that."}],
+                     "chosen_probs": 0.7, "chosen_probs_win": 0.65, "chosen_probs_lose": 0.35})
+    path = out / "bench_train.parquet"
+    pq.write_table(pa.Table.from_pylist(data), path)
+    return path
