@@ -107,7 +107,6 @@ def _judging(config: RunConfig, plan, generated) -> dict[str, Any]:
 
 
 def _weight_sync(config: RunConfig, plan) -> dict[str, Any]:
-    import torch
 
     from sppo_ray.generation.stage import build_generator_actors, push_weights
     from sppo_ray.orchestration.session import load_weights

@@ -30,9 +30,8 @@ def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: li
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sppo_ray.training.batching import sequence_logps
-    from sppo_ray.training.worker import (_collate, _loss, _micro_batches, _reference_logps, _rows_from,
-                                          deepspeed_config)
+    from sppo_ray.training.worker import (_micro_batches, _reference_logps, _rows_from, deepspeed_config,
+                                          optimizer_step)
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": "0"})
@@ -49,13 +48,8 @@ def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: li
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(t, world))
     steps = []
     for s in range(len(batches) // acc):
-        started, tokens = time.perf_counter(), 0
-        for idx in batches[s * acc : (s + 1) * acc]:
-            batch = _collate(rows, idx, t, pad)
-            loss, _ = _loss(t, sequence_logps(engine, batch), ref, rows, idx)
-            engine.backward(loss)
-            engine.step()
-            tokens += batch.num_tokens
+        started = time.perf_counter()
+        tokens, _, _ = optimizer_step(engine, rows, batches[s * acc : (s + 1) * acc], t, pad, ref)
         seconds = time.perf_counter() - started
         steps.append({"tokens_per_s": tokens * world / seconds, "step_seconds": seconds})
     if rank == 0:

@@ -48,6 +48,11 @@ def sppo_single_loss(
     return 0.5 * ((a_w - target) ** 2 + (a_l + target) ** 2)
 
 
+def _margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    """a_w − a_l: how much more the policy than the reference prefers the chosen response."""
+    return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -56,8 +61,7 @@ def dpo_loss(
     beta: float,
 ) -> torch.Tensor:
     """−log σ(beta · (a_w − a_l))."""
-    margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
-    return -F.logsigmoid(beta * margin)
+    return -F.logsigmoid(beta * _margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
 
 
 def ipo_loss(
@@ -68,7 +72,7 @@ def ipo_loss(
     beta: float,
 ) -> torch.Tensor:
     """((a_w − a_l) − 1/(2·beta))²."""
-    margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    margin = _margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return (margin - 1.0 / (2.0 * beta)) ** 2
 
 

@@ -9,7 +9,6 @@ with the saved reference log-probs (the live weights have moved by then).
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -21,9 +20,9 @@ import torch
 from sppo_ray.training.batching import PairBatch, collate_pairs, row_token_ids, sequence_logps
 from sppo_ray.training.losses import LOSSES, sppo_targets
 
-__all__ = ["deepspeed_config", "train_loop_per_worker"]
+__all__ = ["deepspeed_config", "optimizer_step", "train_loop_per_worker"]
 
-_TAG = "latest"
+_TAG = "sppo"  # not "latest": DeepSpeed writes a file of that name beside the tag directory
 
 
 def deepspeed_config(t: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def deepspeed_config(t: dict[str, Any], world_size: int) -> dict[str, Any]:
 
 
 def _schedule(t: dict[str, Any], total_steps: int):
-    warmup = int(t["warmup_ratio"] * total_steps)
+    warmup = math.ceil(t["warmup_ratio"] * total_steps)  # a short fit still gets its warm-up step
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -137,6 +136,23 @@ def _loss(t, logps, ref, rows, idx):
         "target_rejected": float(targets[1].mean()),
     }
     return losses.mean(), stats
+
+
+def optimizer_step(engine, rows, micro_batches, t, pad_id, ref) -> tuple[int, list[float], list[dict[str, float]]]:
+    """One optimiser step = forward/backward over its micro-batches (DeepSpeed steps at the accumulation boundary).
+
+    Returns (tokens processed on this rank, per-micro-batch losses, per-micro-batch log-ratio stats).
+    """
+    tokens, losses, stats = 0, [], []
+    for idx in micro_batches:
+        batch = _collate(rows, idx, t, pad_id)
+        loss, st = _loss(t, sequence_logps(engine, batch), ref, rows, idx)
+        engine.backward(loss)
+        engine.step()
+        tokens += batch.num_tokens
+        losses.append(float(loss))
+        stats.append(st)
+    return tokens, losses, stats
 
 
 def _maybe_inject_failure(step: int, rank: int) -> None:
@@ -245,15 +261,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             if global_step < start_step:
                 continue
             _maybe_inject_failure(global_step, rank)
-            started, tokens, losses, stats = time.perf_counter(), 0, [], []
-            for idx in batches[s * accumulation : (s + 1) * accumulation]:
-                batch = _collate(rows, idx, t, pad_id)
-                loss, st = _loss(t, sequence_logps(engine, batch), ref, rows, idx)
-                engine.backward(loss)
-                engine.step()
-                tokens += batch.num_tokens
-                losses.append(float(loss))
-                stats.append(st)
+            started = time.perf_counter()
+            tokens, losses, stats = optimizer_step(engine, rows, batches[s * accumulation : (s + 1) * accumulation],
+                                                   t, pad_id, ref)
             step = global_step + 1
             seconds = time.perf_counter() - started
             metrics = {
