@@ -6,6 +6,7 @@ finished stages instead of repeating them, so it produces the same data as an un
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from contextlib import contextmanager
@@ -112,7 +113,9 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
     rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
     digest = rd.write_parquet(rel, result.table)
+    ids = hashlib.sha256("\n".join(p.id for p in prompts).encode()).hexdigest()
     rd.record(t, "generate", outputs={rel: digest}, seconds=result.seconds, policy_version=session.weights.version,
+              inputs={"prompt_ids": ids, "policy_version": session.weights.version},
               prompts=len(prompts), rejected=len(rejects), truncated=result.truncated,
               generated_tokens=result.generated_tokens)
     return result.table
@@ -125,6 +128,7 @@ def _judge(t: int, generated: pa.Table, session: Session, rd: RunDir, config: Ru
     result = run_judging_stage(generated, session.judge_actors, config.judge)
     digest = rd.write_parquet(rel, result.table)
     rd.record(t, "judge", outputs={rel: digest}, seconds=result.seconds, pairs=result.pairs,
+              inputs=rd.done(t, "generate")["outputs"],
               judge_seconds=result.judge_seconds)
     return result.table
 
@@ -138,7 +142,8 @@ def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
     if table.num_rows == 0:
         raise RunStateError(f"round {t}: the judge found no preference in any prompt; nothing to train on")
     digest = rd.write_parquet(rel, table)
-    rd.record(t, "dataset", outputs={rel: digest}, seconds=time.perf_counter() - started, rows=table.num_rows)
+    rd.record(t, "dataset", outputs={rel: digest}, seconds=time.perf_counter() - started, rows=table.num_rows,
+              inputs={**rd.done(t, "generate")["outputs"], **rd.done(t, "judge")["outputs"]})
 
 
 def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Path, list[dict[str, Any]]]:
@@ -149,15 +154,13 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Pat
                               Path(rd.local_path(rel)), config.training, config.resources,
                               storage_path=rd.local_path("ray_train"), name=f"round_{t}")
         rd.record(t, "train", outputs={rel: _dir_digest(result.model_dir)}, seconds=result.seconds,
-                  steps=len(result.metrics))
+                  steps=len(result.metrics), inputs={**rd.done(t, "dataset")["outputs"], "start_model": str(start_model)})
     metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"
     train_metrics = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
     return Path(rd.local_path(rel)), train_metrics
 
 
 def _dir_digest(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for f in sorted(path.glob("*.safetensors")):
         h.update(f.read_bytes())

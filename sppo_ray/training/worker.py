@@ -9,6 +9,7 @@ with the saved reference log-probs (the live weights have moved by then).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
