@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -33,8 +35,10 @@ def _ray(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture()
-def token_head(tmp_path):
+def token_head():
     """A Ray head on loopback with RAY_AUTH_MODE=token, stopped (only it) at the end."""
+    # a short temp dir: Ray's unix sockets live below it and socket paths are limited to ~107 characters
+    temp_dir = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{env['PATH']}"})
     if _ray("get-auth-token", env=env).returncode != 0:
@@ -43,7 +47,7 @@ def token_head(tmp_path):
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=8",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dash']}",
-         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={tmp_path / 'ray'}"],
+         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     url = f"http://127.0.0.1:{ports['dash']}"
@@ -60,6 +64,7 @@ def token_head(tmp_path):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         head.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _scrape(port: int, seen: set[str], stop: threading.Event) -> None:
