@@ -40,7 +40,7 @@ def _wait_for_stage(run_dir, key: str, proc: subprocess.Popen, timeout: float = 
             except json.JSONDecodeError:
                 pass
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before {key}: {proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"run ended before {key}: {(run_dir.parent / 'crashed-run.log').read_text()[-3000:]}")
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {key}")
 
@@ -48,8 +48,8 @@ def _wait_for_stage(run_dir, key: str, proc: subprocess.Popen, timeout: float = 
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tiny_run, bad_prompts, cli_env, tmp_path):
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "crash.yaml", run_dir, bad_prompts)
-    proc = subprocess.Popen([*CLI, "run", str(config)], env=cli_env, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = (tmp_path / "crashed-run.log").open("w")  # a file, not a pipe: an unread pipe fills up and blocks the run
+    proc = subprocess.Popen([*CLI, "run", str(config)], env=cli_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_generator_once, args=(stop, killed))
     killer.start()
