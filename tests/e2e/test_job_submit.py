@@ -94,9 +94,13 @@ def test_job_submit_with_token_auth_and_metrics(token_head, bad_prompts, tmp_pat
     scraper = threading.Thread(target=_scrape, args=(token_head["metrics"], seen, stop))
     scraper.start()
     try:
-        submitted = _ray("job", "submit", "--address", token_head["url"], "--working-dir", str(REPO),
-                         "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--",
-                         "sppo-ray", "run", str(config), env=token_head["env"], timeout=1500)
+        for _ in range(20):  # the head's job agent may come up a little after the dashboard answers
+            submitted = _ray("job", "submit", "--address", token_head["url"], "--working-dir", str(REPO),
+                             "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--",
+                             "sppo-ray", "run", str(config), env=token_head["env"], timeout=1500)
+            if "No available agent" not in submitted.stderr + submitted.stdout:
+                break
+            time.sleep(5)
         time.sleep(8)  # one more scrape after the last metrics update
     finally:
         stop.set()
