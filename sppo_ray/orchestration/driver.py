@@ -64,6 +64,7 @@ def resume(run_dir: str, *, config_path: str | None = None, overrides: list[str]
 
 def _execute(plan: Plan, rd: RunDir) -> Path:
     config = plan.config
+    rd.local_path("")  # fails now, before any actor starts, if the run dir cannot hold model directories
     rd.write_config(config.to_dict())
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     init_ray(config)

@@ -107,7 +107,10 @@ class RunDir:
     def local_path(self, rel: str) -> str:
         """A path other processes on this node can read (Ray Data, Ray Train, vLLM): local runs only."""
         if not self.is_local:
-            raise NotImplementedError("model directories on object stores are staged by upload_dir/download_dir")
+            from sppo_ray.errors import RunStateError
+
+            raise RunStateError(f"run_dir {self.uri}: runs on object stores are not supported yet (model directories "
+                                "need a local or mounted path); use a local or shared-filesystem run_dir")
         return self.path(rel)
 
     def upload_dir(self, local_dir: Path, rel: str) -> None:

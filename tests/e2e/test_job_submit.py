@@ -43,11 +43,13 @@ def token_head():
     env.update({"RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{env['PATH']}"})
     if _ray("get-auth-token", env=env).returncode != 0:
         assert _ray("get-auth-token", "--generate", env=env).returncode == 0
-    ports = {"gcs": _port(), "dash": _port(), "metrics": _port()}
+    # every port our own: the session's Ray (ray_cluster) already holds the defaults, e.g. the agent's 52365
+    ports = {"gcs": _port(), "dash": _port(), "metrics": _port(), "agent": _port()}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=8",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dash']}",
-         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={temp_dir}"],
+         f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent']}",
+         f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     url = f"http://127.0.0.1:{ports['dash']}"
