@@ -17,10 +17,10 @@ import ray
 from sppo_ray.config import RunConfig, load_config
 from sppo_ray.contracts import PolicyWeights
 
-__all__ = ["run_benchmarks"]
+__all__ = ["BareVLLM", "run_benchmarks"]
 
 
-class _BareVLLM:
+class BareVLLM:
     """A plain vLLM engine in a Ray actor, driven with one `LLM.chat` call: the generation baseline."""
 
     def __init__(self, model_path: str, cfg) -> None:
@@ -46,6 +46,25 @@ class _BareVLLM:
         tokens = sum(len(o.token_ids) for out in outputs for o in out.outputs)
         return {"tokens": tokens, "seconds": seconds}
 
+    def sample_passes(self, prompts: list[tuple[str, list[dict[str, str]]]]) -> list[dict[str, Any]]:
+        """uclaml/SPPO's sampling: one pass over all prompts per sample index j, with seed j; GeneratedPrompt rows."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from sppo_ray.generation.actor import generated_row
+        from sppo_ray.generation.sampling import fit_prompt
+
+        c, tokenizer = self.cfg, self.llm.get_tokenizer()
+        fitted = [(pid, messages, fit_prompt(tokenizer, messages, c.max_prompt_tokens, c.overlong_prompts))
+                  for pid, messages in prompts]
+        fitted = [f for f in fitted if f[2].token_ids is not None]
+        requests = [TokensPrompt(prompt_token_ids=fit.token_ids) for _, _, fit in fitted]
+        passes = [self.llm.generate(requests, SamplingParams(temperature=c.temperature, top_p=c.top_p,
+                                                             max_tokens=c.max_new_tokens, seed=j), use_tqdm=False)
+                  for j in range(c.k)]
+        return [generated_row(pid, json.dumps(messages), fit, [p[n].outputs[0] for p in passes], 0)
+                for n, (pid, messages, fit) in enumerate(fitted)]
+
     def shutdown(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
 
@@ -56,7 +75,7 @@ def _generation(config: RunConfig, plan, n_prompts: int) -> dict[str, Any]:
     prompts = plan.rounds[0][:n_prompts]
     out: dict[str, Any] = {"prompts": len(prompts), "k": config.generation.k,
                            "max_new_tokens": config.generation.max_new_tokens}
-    bare = ray.remote(_BareVLLM).options(num_cpus=config.resources.generator_cpus).remote(
+    bare = ray.remote(BareVLLM).options(num_cpus=config.resources.generator_cpus).remote(
         str(plan.policy_path), config.generation)
     convs = [list(p.messages) for p in prompts]
     ray.get(bare.run.remote(convs[:2]))  # warm-up
@@ -130,6 +149,13 @@ def _weight_sync(config: RunConfig, plan) -> dict[str, Any]:
             "ratio_sync_over_copy": sync_s / copy_s, "engine_restarted": pid_before != pid_after}
 
 
+def _rounded(value: Any) -> Any:
+    """Floats to 4 decimals, in nested dicts too (for the printed line; the JSON keeps full precision)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path, *, tiny: bool = False) -> dict:
     from sppo_ray.orchestration.preflight import plan_run
     from sppo_ray.orchestration.session import init_ray
@@ -155,8 +181,12 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
         from sppo_ray.training.bench import bench_training
 
         results["training"] = bench_training(config, plan, out, tiny=tiny)
+    if what in ("round", "all"):
+        from sppo_ray.bench_round import bench_round
+
+        results["round"] = bench_round(config, plan, out, n_prompts=8 if tiny else config.data.prompts_per_iteration)
     for name, r in results.items():
         r["machine"] = {"cpus": os.cpu_count()}
         (out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
-        print(f"bench {name}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+        print(f"bench {name}: " + json.dumps(_rounded(r)))
     return results

@@ -10,9 +10,9 @@ from typing import Any
 from sppo_ray.actor_pool import StaleState
 from sppo_ray.config import GenerationConfig
 from sppo_ray.contracts import GeneratedPrompt
-from sppo_ray.generation.sampling import fit_prompt, sample_seed
+from sppo_ray.generation.sampling import FittedPrompt, fit_prompt, sample_seed
 
-__all__ = ["GeneratorActor"]
+__all__ = ["GeneratorActor", "generated_row"]
 
 
 def _engine_dtype(dtype: str) -> str:
@@ -23,6 +23,21 @@ def _engine_dtype(dtype: str) -> str:
     import torch
 
     return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def generated_row(prompt_id: str, messages_json: str, fit: FittedPrompt, samples: list[Any], version: int) -> dict:
+    """One prompt's row of responses.parquet from its fitted prompt and K vLLM ``CompletionOutput`` samples."""
+    return GeneratedPrompt(
+        prompt_id=prompt_id,
+        messages_json=messages_json,
+        prompt_token_ids=fit.token_ids,
+        responses=[s.text for s in samples],
+        response_token_ids=[list(s.token_ids) for s in samples],
+        num_tokens=[len(s.token_ids) for s in samples],
+        finish_reasons=[str(s.finish_reason) for s in samples],
+        policy_version=version,
+        truncated=fit.truncated,
+    ).to_row()
 
 
 class GeneratorActor:
@@ -99,22 +114,11 @@ class GeneratorActor:
                     )
                 )
         outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
-        out_rows = []
-        for n, (row, fit) in enumerate(fitted):
-            samples = [outputs[n * k + j].outputs[0] for j in range(k)]
-            out_rows.append(
-                GeneratedPrompt(
-                    prompt_id=row["prompt_id"],
-                    messages_json=row["messages_json"],
-                    prompt_token_ids=fit.token_ids,
-                    responses=[s.text for s in samples],
-                    response_token_ids=[list(s.token_ids) for s in samples],
-                    num_tokens=[len(s.token_ids) for s in samples],
-                    finish_reasons=[str(s.finish_reason) for s in samples],
-                    policy_version=self.version,
-                    truncated=fit.truncated,
-                ).to_row()
-            )
+        out_rows = [
+            generated_row(row["prompt_id"], row["messages_json"], fit,
+                          [outputs[n * k + j].outputs[0] for j in range(k)], self.version)
+            for n, (row, fit) in enumerate(fitted)
+        ]
         truncated = [{"prompt_id": row["prompt_id"], "reason": "truncated"} for row, f in fitted if f.truncated]
         return {"rows": out_rows, "records": rejects + truncated}
 

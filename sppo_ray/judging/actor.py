@@ -42,23 +42,28 @@ class JudgeActor:
         pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) for r in rows)
         return {"rows": out, "records": [{"pairs": pairs, "seconds": time.perf_counter() - started}]}
 
-    def pair_logits(self, prompts: list[str], first: list[str], second: list[str]) -> list[float]:
-        """Raw logits for arbitrary pairs (evaluation uses this)."""
-        return self.judge.pair_logits(prompts, first, second).tolist()
+    def pair_logits(self, prompts: list[str], first: list[str], second: list[str],
+                    batch_size: int | None = None) -> list[float]:
+        """Raw logits for arbitrary pairs (evaluation and benchmarks use this).
+
+        ``batch_size`` overrides the configured pairs per forward pass; 1 scores one pair per call, as uclaml/SPPO
+        ranks with PairRM (the benchmarks' reference-style baseline).
+        """
+        if batch_size is None:
+            return self.judge.pair_logits(prompts, first, second).tolist()
+        saved, self.judge.batch_size = getattr(self.judge, "batch_size", None), batch_size
+        try:
+            if batch_size == 1:
+                return [float(self.judge.pair_logits([p], [a], [b])[0]) for p, a, b in zip(prompts, first, second)]
+            return self.judge.pair_logits(prompts, first, second).tolist()
+        finally:
+            self.judge.batch_size = saved
 
     def time_pair_logits(self, prompts: list[str], first: list[str], second: list[str], batch_size: int) -> float:
         """Seconds to score these pairs at ``batch_size`` inside the actor (benchmarks: bare engine baselines)."""
-        saved = getattr(self.judge, "batch_size", None)
-        self.judge.batch_size = batch_size
         started = time.perf_counter()
-        if batch_size == 1:  # reference-style: one pair per call, as uclaml/SPPO ranks with PairRM
-            for p, a, b in zip(prompts, first, second):
-                self.judge.pair_logits([p], [a], [b])
-        else:
-            self.judge.pair_logits(prompts, first, second)
-        seconds = time.perf_counter() - started
-        self.judge.batch_size = saved
-        return seconds
+        self.pair_logits(prompts, first, second, batch_size)
+        return time.perf_counter() - started
 
     def shutdown(self) -> None:
         self.judge = None

@@ -19,6 +19,7 @@ __all__ = [
     "JUDGED_SCHEMA",
     "TRAINING_SCHEMA",
     "JudgingResult",
+    "RemoteJudge",
     "build_judge_actors",
     "build_training_table",
     "run_judging_stage",
@@ -49,6 +50,20 @@ def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesC
     actors = [actor_cls.remote(model_path, cfg, res.actor_threads) for _ in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])
     return actors
+
+
+class RemoteJudge:
+    """A judge actor seen as a :class:`~sppo_ray.judging.judges.PairJudge`, so the pure ``judge_rows`` can call it.
+
+    ``batch_size`` overrides the actor's pairs per forward pass (1: one pair per call, the reference's way).
+    """
+
+    def __init__(self, judge_actor: Any, batch_size: int | None = None) -> None:
+        self.actor, self.batch_size, self.name = judge_actor, batch_size, "remote"
+
+    def pair_logits(self, prompts, first, second) -> np.ndarray:
+        ref = self.actor.pair_logits.remote(list(prompts), list(first), list(second), self.batch_size)
+        return np.asarray(ray.get(ref))
 
 
 @dataclass

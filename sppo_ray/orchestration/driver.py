@@ -27,7 +27,7 @@ from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.orchestration.session import Session, init_ray, load_weights
 from sppo_ray.training.trainer import run_training
 
-__all__ = ["PROBE_QUESTION", "resume", "run"]
+__all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
 
 PROBE_QUESTION = "What is the capital of France?"
 
@@ -72,7 +72,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     metrics = RunMetrics(config.name)
     try:
         for t, prompts in enumerate(plan.rounds):
-            _round(t, prompts, session, rd, config, metrics)
+            run_round(t, prompts, session, rd, config, metrics)
         if config.eval_at_end:
             from sppo_ray.orchestration.evaluate import evaluate_session
 
@@ -83,7 +83,8 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     return Path(rd.root)
 
 
-def _round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig, metrics: RunMetrics) -> None:
+def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
+              metrics: RunMetrics) -> None:
     """One SPPO round: π_t samples K responses, the judge fills K×K tables, DeepSpeed fits π_{t+1}, generators get it."""
     timer = _Timer(t, metrics)
     with timer("generate"):

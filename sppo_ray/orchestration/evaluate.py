@@ -21,6 +21,7 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.stage import run_generation_stage
 from sppo_ray.judging.scoring import judge_rows, prompt_text
+from sppo_ray.judging.stage import RemoteJudge
 from sppo_ray.judging.tables import debiased_table
 
 __all__ = ["evaluate_run", "evaluate_session", "win_rate_matrix"]
@@ -36,16 +37,6 @@ def win_rate_matrix(pair_p: dict[tuple[int, int], np.ndarray], n_models: int) ->
     return w
 
 
-class _JudgeAdapter:
-    """Lets the pure ``judge_rows`` call a remote judge actor."""
-
-    def __init__(self, judge_actor: Any) -> None:
-        self.actor, self.name = judge_actor, "remote"
-
-    def pair_logits(self, prompts, first, second) -> np.ndarray:
-        return np.asarray(ray.get(self.actor.pair_logits.remote(list(prompts), list(first), list(second))))
-
-
 def _answers(session, label_weights: PolicyWeights, prompts: list[Prompt], cfg, best_of: int) -> pa.Table:
     """One answer per prompt from one model; with best_of > 1 the judge picks among N samples."""
     session.broadcast(label_weights)
@@ -53,7 +44,7 @@ def _answers(session, label_weights: PolicyWeights, prompts: list[Prompt], cfg, 
                                  cfg.generation, samples=best_of).table
     rows = table.to_pylist()
     if best_of > 1:
-        judged = judge_rows(rows, _JudgeAdapter(session.judge_actors[0]), "debiased", "pair")
+        judged = judge_rows(rows, RemoteJudge(session.judge_actors[0]), "debiased", "pair")
         for row, j in zip(rows, judged):
             best = j["kept"][0] if j["kept"] else 0
             row["responses"], row["num_tokens"] = [row["responses"][best]], [row["num_tokens"][best]]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-__all__ = ["bench_training"]
+__all__ = ["bare_fit", "bench_training"]
 
 
 def _free_port() -> int:
@@ -24,13 +24,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: list, t: dict, out: str) -> None:
+def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: list, t: dict, out: str,
+                 second_reference: bool, save_dir: str | None) -> None:
+    """One rank of a plain DeepSpeed fit (no Ray). ``second_reference``: reference log-probs from a second model,
+    recomputed every micro-batch (as uclaml/SPPO's TRL trainer does) instead of one pass with the starting weights."""
     import deepspeed
     import torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sppo_ray.training.worker import (_micro_batches, _reference_logps, _rows_from, deepspeed_config,
+    from sppo_ray.training.batching import sequence_logps
+    from sppo_ray.training.worker import (_collate, _micro_batches, _reference_logps, _rows_from, deepspeed_config,
                                           optimizer_step)
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
@@ -43,18 +47,45 @@ def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: li
     rows = _rows_from(rows_raw[rank::world][: len(rows_raw) // world], tokenizer)
     batches = _micro_batches(rows, t["micro_batch_size"])
     acc = t["global_batch_size"] // (t["micro_batch_size"] * world)
-    ref = _reference_logps(model, rows, batches, t, pad)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=t["lr"])
+    if second_reference:
+        ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).eval()
+        ref = torch.zeros(len(rows), 2)
+    else:
+        ref = _reference_logps(model, rows, batches, t, pad)
+    opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
+    optimizer = opt_cls(model.parameters(), lr=t["lr"])
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(t, world))
     steps = []
     for s in range(len(batches) // acc):
         started = time.perf_counter()
-        tokens, _, _ = optimizer_step(engine, rows, batches[s * acc : (s + 1) * acc], t, pad, ref)
+        step_batches = batches[s * acc : (s + 1) * acc]
+        if second_reference:
+            with torch.no_grad():
+                for idx in step_batches:
+                    logps = sequence_logps(ref_model, _collate(rows, idx, t, pad))
+                    ref[idx, 0], ref[idx, 1] = logps[: len(idx)], logps[len(idx) :]
+        tokens, _, _ = optimizer_step(engine, rows, step_batches, t, pad, ref)
         seconds = time.perf_counter() - started
         steps.append({"tokens_per_s": tokens * world / seconds, "step_seconds": seconds})
+    if save_dir and rank == 0:
+        engine.module.save_pretrained(save_dir, safe_serialization=True)
+        tokenizer.save_pretrained(save_dir)
     if rank == 0:
         Path(out).write_text(json.dumps(steps))
     dist.destroy_process_group()
+
+
+def bare_fit(train_file: Path, model_path: str, t: dict[str, Any], world: int, out: Path, *,
+             second_reference: bool = False, save_dir: Path | None = None) -> list[dict[str, Any]]:
+    """A DeepSpeed fit in ``world`` plain processes (spawned here); returns rank 0's per-step figures."""
+    import torch.multiprocessing as mp
+
+    steps_file = out / "bare_steps.json"
+    rows_raw = pq.read_table(train_file).to_pylist()
+    mp.start_processes(_bare_worker, args=(world, _free_port(), model_path, rows_raw, t, str(steps_file),
+                                           second_reference, str(save_dir) if save_dir else None),
+                       nprocs=world, start_method="spawn")
+    return json.loads(steps_file.read_text())
 
 
 def _steady(steps: list[dict[str, Any]]) -> float:
@@ -64,8 +95,6 @@ def _steady(steps: list[dict[str, Any]]) -> float:
 
 
 def bench_training(config, plan, out: Path, *, tiny: bool) -> dict[str, Any]:
-    import torch.multiprocessing as mp
-
     from sppo_ray.training.trainer import run_training
 
     train_file = _bench_dataset(config, plan, out, rows=8 if tiny else 24)
@@ -75,19 +104,15 @@ def bench_training(config, plan, out: Path, *, tiny: bool) -> dict[str, Any]:
                           storage_path=str((out / "ray_train").resolve()), name=f"bench-{int(time.time())}")
     ray_fit_s = time.perf_counter() - started
     world = config.resources.train_workers
-    bare_out = out / "bare_steps.json"
-    rows_raw = pq.read_table(train_file).to_pylist()
     started = time.perf_counter()
-    mp.start_processes(_bare_worker, args=(world, _free_port(), str(plan.policy_path), rows_raw,
-                                           t.model_dump(mode="json"), str(bare_out)),
-                       nprocs=world, start_method="spawn")
+    bare_steps = bare_fit(train_file, str(plan.policy_path), t.model_dump(mode="json"), world, out)
     bare_fit_s = time.perf_counter() - started
-    bare_steps = json.loads(bare_out.read_text())
     ray_tps, bare_tps = _steady(result.metrics), _steady(bare_steps)
-    return {"rows": len(rows_raw), "workers": world, "steps": len(result.metrics),
+    return {"rows": pq.read_metadata(train_file).num_rows, "workers": world, "steps": len(result.metrics),
             "ray_train_tokens_per_s": ray_tps, "bare_deepspeed_tokens_per_s": bare_tps,
             "ratio_ray_train_over_bare": ray_tps / bare_tps,
-            "ray_train_fit_seconds": ray_fit_s, "bare_fit_seconds_incl_process_start": bare_fit_s}
+            "ray_train_fit_seconds": ray_fit_s, "ray_train_phases": result.phases,
+            "bare_fit_seconds_incl_process_start": bare_fit_s}
 
 
 def _bench_dataset(config, plan, out: Path, rows: int) -> Path:

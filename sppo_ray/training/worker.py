@@ -188,7 +188,7 @@ def _resume(engine, rank) -> tuple[int, torch.Tensor | None, list]:
         return int(client["step"]), torch.load(ref_file), list(client.get("metrics_log", []))
 
 
-def _export(engine, model, tokenizer, zero_stage: int, rank: int, metrics_log: list) -> None:
+def _export(engine, model, tokenizer, zero_stage: int, rank: int, metrics_log: list, timer) -> None:
     """Gather full weights (ZeRO-3 shards them) and report π_{t+1} as an HF directory checkpoint from rank 0."""
     import deepspeed
     import ray.train
@@ -204,6 +204,8 @@ def _export(engine, model, tokenizer, zero_stage: int, rank: int, metrics_log: l
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (Path(tmp) / "train_metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics_log))
+        timer.lap("export")
+        (Path(tmp) / "train_phases.json").write_text(json.dumps({k: round(v, 3) for k, v in timer.seconds.items()}))
         ray.train.report({"exported": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -215,22 +217,29 @@ class _nullcontext:
         return False
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ray Train entry point. ``config``: {"model_path", "training" (TrainingConfig as a dict), "cpus_per_worker"}."""
-    import deepspeed
-    import ray.train
+class _PhaseTimer:
+    """Wall seconds of the worker's phases (load, data, reference pass, DeepSpeed init, steps, export)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+def _setup_model(config: dict[str, Any]):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    t = config["training"]
-    os.environ.update(config.get("env", {}))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.float32, use_safetensors=True)
-    rows = _load_rows(tokenizer)
+    return tokenizer, model
+
+
+def _setup_batches(rows, t: dict[str, Any], world: int) -> tuple[list[list[int]], int, int]:
+    """(micro-batches, accumulation, steps per epoch); every rank runs the same number of steps (drop_last)."""
     batches = _micro_batches(rows, t["micro_batch_size"])
     accumulation = t["global_batch_size"] // (t["micro_batch_size"] * world)
     steps_per_epoch = len(batches) // accumulation
@@ -240,47 +249,75 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             f"(micro_batch_size {t['micro_batch_size']} x accumulation {accumulation}); "
             "use more prompts or a smaller training.global_batch_size"
         )
-    batches = batches[: steps_per_epoch * accumulation]  # drop_last: every rank runs the same number of steps
-    total_steps = steps_per_epoch * t["epochs"]
+    return batches[: steps_per_epoch * accumulation], accumulation, steps_per_epoch
 
-    ref = None
+
+def _setup_engine(model, t: dict[str, Any], world: int, total_steps: int):
+    import deepspeed
+
     opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
     optimizer = opt_cls(model.parameters(), lr=t["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
-    # Reference log-probs before DeepSpeed wraps the model: π_t's weights, one pass, no second model.
-    if ray.train.get_checkpoint() is None:
-        ref = _reference_logps(model, rows, batches, t, pad_id)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(t, world)
     )
+    return engine, scheduler
+
+
+def _step_metrics(step, epoch, losses, stats, engine, scheduler, tokens, world, seconds) -> dict[str, Any]:
+    return {
+        "step": step,
+        "epoch": epoch,
+        "loss": sum(losses) / len(losses),
+        **{k: sum(x[k] for x in stats) / len(stats) for k in stats[0]},
+        "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+        "lr": float(scheduler.get_last_lr()[0]),
+        "tokens_per_s": tokens * world / seconds,
+        "step_seconds": seconds,
+    }
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray Train entry point. ``config``: {"model_path", "training" (TrainingConfig as a dict), "cpus_per_worker"}."""
+    import ray.train
+
+    t = config["training"]
+    os.environ.update(config.get("env", {}))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    timer = _PhaseTimer()
+    tokenizer, model = _setup_model(config)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    timer.lap("load_model")
+    rows = _load_rows(tokenizer)
+    batches, accumulation, steps_per_epoch = _setup_batches(rows, t, world)
+    total_steps = steps_per_epoch * t["epochs"]
+    timer.lap("load_data")
+    # Reference log-probs before DeepSpeed wraps the model: π_t's weights, one pass, no second model.
+    ref = _reference_logps(model, rows, batches, t, pad_id) if ray.train.get_checkpoint() is None else None
+    timer.lap("reference_pass")
+    engine, scheduler = _setup_engine(model, t, world, total_steps)
     start_step, saved_ref, metrics_log = _resume(engine, rank)
     ref = saved_ref if saved_ref is not None else ref
-    step = start_step
+    timer.lap("deepspeed_init")
     for epoch in range(t["epochs"]):
         for s in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + s
-            if global_step < start_step:
+            step = epoch * steps_per_epoch + s + 1
+            if step <= start_step:
                 continue
-            _maybe_inject_failure(global_step, rank)
+            _maybe_inject_failure(step - 1, rank)
             started = time.perf_counter()
             tokens, losses, stats = optimizer_step(engine, rows, batches[s * accumulation : (s + 1) * accumulation],
                                                    t, pad_id, ref)
-            step = global_step + 1
-            seconds = time.perf_counter() - started
-            metrics = {
-                "step": step,
-                "epoch": epoch,
-                "loss": sum(losses) / len(losses),
-                **{k: sum(x[k] for x in stats) / len(stats) for k in stats[0]},
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                "lr": float(scheduler.get_last_lr()[0]),
-                "tokens_per_s": tokens * world / seconds,
-                "step_seconds": seconds,
-            }
+            metrics = _step_metrics(step, epoch, losses, stats, engine, scheduler, tokens, world,
+                                    time.perf_counter() - started)
             metrics_log.append(metrics)
             if t["checkpoint_every"] and step % t["checkpoint_every"] == 0 and step < total_steps:
                 _save_checkpoint(engine, ref, step, rank, metrics, metrics_log)
             else:
                 ray.train.report(metrics)
-    _export(engine, engine.module, tokenizer, t["zero_stage"], rank, metrics_log)
+    timer.lap("steps")
+    _export(engine, engine.module, tokenizer, t["zero_stage"], rank, metrics_log, timer)
     return metrics_log

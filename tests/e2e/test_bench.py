@@ -17,6 +17,7 @@ def test_tiny_benchmarks_write_their_json(cli_env, tmp_path):
         "judging": ("ratio_stage_over_bare", "ratio_stage_over_batch1"),
         "weight_sync": ("ratio_sync_over_copy", "engine_restarted"),
         "training": ("ratio_ray_train_over_bare",),
+        "round": ("ratio_reference_over_pipeline", "ratio_reference_over_pipeline_with_startup"),
     }
     for name, keys in expected.items():
         result = json.loads((tmp_path / f"{name}.json").read_text())
@@ -24,3 +25,7 @@ def test_tiny_benchmarks_write_their_json(cli_env, tmp_path):
             assert key in result, (name, key)
         assert f"bench {name}:" in proc.stdout
     assert json.loads((tmp_path / "weight_sync.json").read_text())["engine_restarted"] is False
+    rounds = json.loads((tmp_path / "round.json").read_text())
+    # both rounds trained on the same prompts: the pipeline's round and the reference-style one
+    assert rounds["pipeline"]["train_rows"] > 0 and rounds["reference"]["train_rows"] > 0
+    assert set(rounds["reference"]["phases"]) == {"generate", "judge", "train"}
