@@ -13,16 +13,16 @@ from sppo_ray.data.prompts import Prompt, load_prompts, split_prompts
 
 @pytest.fixture(scope="session")
 def bad_prompts(tmp_path_factory) -> Path:
-    """20 usable prompts (4 held out + 2 rounds x 8) plus one of every kind of bad row.
+    """24 usable prompts (8 held out + 2 rounds x 8; short factual questions) plus one of every kind of bad row.
 
     The over-long prompt gets an id that the split puts into a training round, so generation must skip it.
     """
-    good = [{"id": p.id, "prompt": p.messages[-1]["content"]} for p in load_prompts("embedded:default").prompts[:19]]
+    good = [{"id": p.id, "prompt": p.messages[-1]["content"]} for p in load_prompts("embedded:default").prompts[:23]]
     long_text = "Please summarise the following notes. " + "The meeting covered budgets and plans. " * 40
     for n in range(100):
         long_row = {"id": f"long{n}", "prompt": long_text}
         rows = [Prompt(r["id"], ({"role": "user", "content": r["prompt"]},)) for r in good + [long_row]]
-        rounds, _ = split_prompts(tuple(rows), per_iteration=8, iterations=2, eval_size=4, seed=0)
+        rounds, _ = split_prompts(tuple(rows), per_iteration=8, iterations=2, eval_size=8, seed=0)
         if any(p.id == long_row["id"] for r in rounds for p in r):
             break
     lines = [json.dumps(r) for r in good[:10]]

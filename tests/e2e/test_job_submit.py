@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from e2e_helpers import REPO, write_config
+from e2e_helpers import LLM_JUDGE, REPO, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +85,7 @@ def test_job_submit_with_token_auth_and_metrics(token_head, bad_prompts, tmp_pat
     run_dir = tmp_path / "run"
     config = write_config(
         tmp_path / "job.yaml", run_dir, "embedded:default", iterations=1, eval_at_end=False,
-        judge={"kind": "length", "batch_size": 64},
+        judge=LLM_JUDGE,
         data={"prompts_per_iteration": 8, "eval_prompts": 0},
     )
     # the job API refuses requests without the token

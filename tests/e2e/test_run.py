@@ -79,6 +79,18 @@ def test_eval_matrix_is_a_proper_win_rate_table(tiny_run):
     assert (tiny_run["dir"] / "eval" / "heatmap.png").stat().st_size > 5000
 
 
+def test_rounds_move_the_policy_the_way_the_judge_prefers(tiny_run):
+    """The e2e job's judge prefers shorter answers: after 2 rounds the policy answers held-out prompts shorter.
+
+    This fails if the loss's sign, the winner/loser selection, the training data or the broadcast is wrong.
+    """
+    ev = json.loads((tiny_run["dir"] / "eval" / "matrix.json").read_text())
+    lengths = dict(zip(ev["models"], ev["mean_response_tokens"]))
+    print(f"held-out mean response tokens: {lengths}")
+    assert lengths["pi_2"] < lengths["pi_0"]
+    assert ev["matrix"][2][0] > 0.5  # the judge itself prefers π_2's answers to π_0's
+
+
 def test_best_of_n_eval(tiny_run, cli_env):
     cli("eval", str(tiny_run["dir"]), "--best-of", "2", "--prompts", "2", env=cli_env)
     ev = json.loads((tiny_run["dir"] / "eval_best_of_2" / "matrix.json").read_text())
