@@ -2,83 +2,114 @@
 
 Ray Data's own actor pools create and destroy their actors with each dataset execution, and nothing outside can
 reach them to push new weights. Our engines must outlive every round, so ``map_batches`` runs a thin forwarding
-class instead: one forwarder per long-lived actor, each claiming a distinct actor, handing it every batch it gets.
+*task* instead: it leases the least busy actor from the pool's broker, hands it the batch, and returns the lease. Tasks reuse
+Ray's idle worker processes, where per-execution forwarding actors cost a process start each (~1-2 s on 2 cores).
 A batch whose actor died is retried (on the next actor, or on the same one after Ray restarts it).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import pyarrow as pa
 import ray
 
-__all__ = ["StaleState", "in_order", "stream_through_actors"]
+__all__ = ["StaleState", "in_order", "shutdown_pool", "stream_through_actors"]
 
 
 class StaleState(RuntimeError):
     """An actor holds other state than the caller expects (a restarted generator serving π_0, say)."""
+
 
 _RETRY_ATTEMPTS = 8
 _RETRY_WAIT_S = 5.0
 
 
 @ray.remote(num_cpus=0)
-class _SlotBroker:
-    """Hands each forwarder a distinct actor index and collects the side records actors return."""
+class _LeaseBroker:
+    """Hands each forwarding task the least busy actor of one pool, and collects the side records of its calls.
 
-    def __init__(self) -> None:
-        self.next = 0
-        self.records: list[dict[str, Any]] = []
-
-    def claim(self) -> int:
-        self.next += 1
-        return self.next - 1
-
-    def add(self, records: list[dict[str, Any]]) -> None:
-        self.records.extend(records)
-
-    def collect(self) -> list[dict[str, Any]]:
-        return self.records
-
-
-class _Forwarder:
-    """Ray Data callable: ``actor.<method>.remote(rows, **kwargs)`` on its claimed actor, with retries.
-
-    The actor method returns {"rows": [...], "records": [...]}; rows go downstream, records (rejects, counters) go
-    to the broker. ``recover`` names a method called as ``actor.<recover[0]>.remote(*recover[1])`` when the actor
-    reports a ``StaleState`` error (a restarted generator holding π_0, say) before the batch is retried.
+    Leases never block: a lease lost with a dead task only biases the choice. One broker per pool lives as long as
+    the pool (see ``shutdown_pool``), so a stage execution starts no process.
     """
 
-    def __init__(self, actors, broker, method: str, kwargs: dict[str, Any], schema: pa.Schema, recover) -> None:
-        self.actors, self.broker, self.method = actors, broker, method
-        self.kwargs, self.schema, self.recover = kwargs, schema, recover
-        self.slot = ray.get(broker.claim.remote()) % len(actors)
+    def __init__(self, size: int) -> None:
+        self.busy = [0] * size
+        self.records: dict[str, list[dict[str, Any]]] = {}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        result = self._call_with_retry(batch.to_pylist())
-        if result.get("records"):
-            self.broker.add.remote(result["records"])
-        return pa.Table.from_pylist(result["rows"], schema=self.schema)
+    def acquire(self) -> int:
+        slot = min(range(len(self.busy)), key=self.busy.__getitem__)
+        self.busy[slot] += 1
+        return slot
 
-    def _call_with_retry(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from ray.exceptions import ActorUnavailableError, RayActorError
+    def release(self, slot: int) -> None:
+        self.busy[slot] = max(0, self.busy[slot] - 1)
 
-        last_error: Exception | None = None
-        for attempt in range(_RETRY_ATTEMPTS):
-            actor = self.actors[(self.slot + attempt) % len(self.actors)]
-            try:
-                return ray.get(getattr(actor, self.method).remote(rows, **self.kwargs))
-            except (RayActorError, ActorUnavailableError) as err:
-                last_error = err  # the actor died mid-batch; Ray restarts it and we try again
-                time.sleep(_RETRY_WAIT_S)
-            except ray.exceptions.RayTaskError as err:
-                if self.recover is None or "StaleState" not in str(err):
-                    raise
-                last_error = err
-                ray.get(getattr(actor, self.recover[0]).remote(*self.recover[1]))
-        raise RuntimeError(f"{self.method} failed after {_RETRY_ATTEMPTS} attempts: {last_error}")
+    def add(self, execution: str, records: list[dict[str, Any]]) -> None:
+        self.records.setdefault(execution, []).extend(records)
+
+    def collect(self, execution: str) -> list[dict[str, Any]]:
+        return self.records.pop(execution, [])
+
+
+# The brokers of the pools this driver streams through, keyed by the pool's actor handles (hashed by actor id).
+_BROKERS: dict[tuple[Any, ...], Any] = {}
+
+
+def _broker_for(actors: list[Any]) -> Any:
+    key = tuple(actors)
+    if key not in _BROKERS:
+        _BROKERS[key] = _LeaseBroker.remote(len(actors))
+    return _BROKERS[key]
+
+
+def shutdown_pool(actors: list[Any]) -> None:
+    """Stop every actor's engine explicitly (``actor.shutdown``), release the actors, and stop the pool's broker."""
+    for actor in actors:
+        try:
+            ray.get(actor.shutdown.remote(), timeout=60)
+        except Exception:  # noqa: BLE001 - an actor that already died has nothing left to stop
+            pass
+        ray.kill(actor)
+    broker = _BROKERS.pop(tuple(actors), None)
+    if broker is not None:
+        ray.kill(broker)
+
+
+def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]], kwargs, recover) -> dict[str, Any]:
+    """``actor.<method>.remote(rows, **kwargs)``; on a dead actor try the next one, on a stale one ``recover`` it."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    last_error: Exception | None = None
+    for attempt in range(_RETRY_ATTEMPTS):
+        actor = actors[(slot + attempt) % len(actors)]
+        try:
+            return ray.get(getattr(actor, method).remote(rows, **kwargs))
+        except (RayActorError, ActorUnavailableError) as err:
+            last_error = err  # the actor died mid-batch; Ray restarts it and we try again
+            time.sleep(_RETRY_WAIT_S)
+        except ray.exceptions.RayTaskError as err:
+            if recover is None or "StaleState" not in str(err):
+                raise
+            last_error = err
+            ray.get(getattr(actor, recover[0]).remote(*recover[1]))
+    raise RuntimeError(f"{method} failed after {_RETRY_ATTEMPTS} attempts: {last_error}")
+
+
+def _forward(batch: pa.Table, *, actors, broker, execution: str, method: str, kwargs: dict[str, Any],
+             schema: pa.Schema, recover) -> pa.Table:
+    """Ray Data task: one batch to one leased actor. The actor returns {"rows": [...], "records": [...]}; rows go
+    downstream, records (rejects, counters) to the broker."""
+    slot = ray.get(broker.acquire.remote())
+    try:
+        result = _call_with_retry(actors, slot, method, batch.to_pylist(), kwargs, recover)
+    finally:
+        broker.release.remote(slot)
+    if result.get("records"):
+        ray.get(broker.add.remote(execution, result["records"]))  # before the task ends, so `collect` sees them
+    return pa.Table.from_pylist(result["rows"], schema=schema)
 
 
 def stream_through_actors(
@@ -89,30 +120,29 @@ def stream_through_actors(
     kwargs: dict[str, Any],
     schema: pa.Schema,
     batch_size: int,
+    per_actor: int = 1,
     recover: tuple[str, tuple] | None = None,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Run ``ds`` through ``actor.<method>`` batch by batch; returns (output table, side records)."""
-    broker = _SlotBroker.remote()
+    """Run ``ds`` through ``actor.<method>`` batch by batch, at most ``per_actor`` batches per actor at a time
+    (more than 1 needs actors that take concurrent calls).
+
+    ``recover`` names a method called as ``actor.<recover[0]>.remote(*recover[1])`` when an actor reports a
+    ``StaleState`` error (a restarted generator holding π_0, say) before the batch is retried.
+    Returns (output table, side records).
+    """
+    broker, execution = _broker_for(actors), uuid.uuid4().hex
     out = ds.map_batches(
-        _Forwarder,
-        fn_constructor_kwargs={
-            "actors": actors,
-            "broker": broker,
-            "method": method,
-            "kwargs": kwargs,
-            "schema": schema,
-            "recover": recover,
-        },
+        _forward,
+        fn_kwargs={"actors": actors, "broker": broker, "execution": execution, "method": method, "kwargs": kwargs,
+                   "schema": schema, "recover": recover},
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(actors)),
+        compute=ray.data.TaskPoolStrategy(size=len(actors) * per_actor),
         num_cpus=0,  # forwarders only wait; the long-lived actors hold the CPU reservations
     )
     tables = [ray.get(ref) for ref in out.to_arrow_refs()]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    records = ray.get(broker.collect.remote())
-    ray.kill(broker)
-    return table, records
+    return table, ray.get(broker.collect.remote(execution))
 
 
 def in_order(table: pa.Table, key: str, order: list[str]) -> pa.Table:
@@ -122,4 +152,3 @@ def in_order(table: pa.Table, key: str, order: list[str]) -> pa.Table:
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"a stage produced a {key} twice")
     return table.take(sorted(range(len(ids)), key=lambda i: position[ids[i]]))
-

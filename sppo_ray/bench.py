@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from sppo_ray.actor_pool import shutdown_pool
 from sppo_ray.config import RunConfig, load_config
 from sppo_ray.contracts import PolicyWeights
 
@@ -24,14 +26,9 @@ class BareVLLM:
     """A plain vLLM engine in a Ray actor, driven with one `LLM.chat` call: the generation baseline."""
 
     def __init__(self, model_path: str, cfg) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
-        from vllm import LLM
+        from sppo_ray.generation.actor import build_engine
 
-        from sppo_ray.generation.actor import _engine_dtype
-
-        self.llm = LLM(model=model_path, dtype=_engine_dtype(cfg.dtype), enforce_eager=True, seed=cfg.seed,
-                       max_model_len=cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens)
+        self.llm = build_engine(model_path, cfg)  # the generators' engine settings (and Ray options, see callers)
         self.cfg = cfg
 
     def run(self, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
@@ -69,38 +66,47 @@ class BareVLLM:
         self.llm.llm_engine.engine_core.shutdown()
 
 
-def _generation(config: RunConfig, plan, n_prompts: int) -> dict[str, Any]:
-    from sppo_ray.generation.stage import build_generator_actors, run_generation_stage
+def _generation(config: RunConfig, plan, n_prompts: int, repeats: int) -> dict[str, Any]:
+    """Tokens/s of the stage vs a bare engine, runs interleaved (bare, stage, bare, ...) so drift hits both alike."""
+    from sppo_ray.generation.stage import build_generator_actors, generator_options, run_generation_stage
 
     prompts = plan.rounds[0][:n_prompts]
     out: dict[str, Any] = {"prompts": len(prompts), "k": config.generation.k,
-                           "max_new_tokens": config.generation.max_new_tokens}
-    bare = ray.remote(BareVLLM).options(num_cpus=config.resources.generator_cpus).remote(
+                           "max_new_tokens": config.generation.max_new_tokens, "repeats": repeats}
+    bare = ray.remote(BareVLLM).options(**generator_options(config.resources)).remote(
         str(plan.policy_path), config.generation)
+    actors = build_generator_actors(str(plan.policy_path), config.generation, config.resources)
     convs = [list(p.messages) for p in prompts]
     ray.get(bare.run.remote(convs[:2]))  # warm-up
-    b = ray.get(bare.run.remote(convs))
-    ray.get(bare.shutdown.remote())
-    ray.kill(bare)
-    out["bare_tokens_per_s"] = b["tokens"] / b["seconds"]
-    for n in (1, 2):
-        res = config.resources.model_copy(update={"generators": n})
-        actors = build_generator_actors(str(plan.policy_path), config.generation, res)
-        run_generation_stage(prompts[:2], actors, PolicyWeights(0), 99, config.generation)  # warm-up
+    run_generation_stage(prompts[:2], actors, PolicyWeights(0), 99, config.generation)
+    bare_tps, stage_tps = [], []
+    for _ in range(repeats):
+        b = ray.get(bare.run.remote(convs))
+        bare_tps.append(b["tokens"] / b["seconds"])
         r = run_generation_stage(prompts, actors, PolicyWeights(0), 0, config.generation)
-        out[f"pipeline_{n}_generators_tokens_per_s"] = r.generated_tokens / r.seconds
-        if n == 1:
-            out["generated_table"] = r.table
-        for a in actors:
-            ray.get(a.shutdown.remote())
-            ray.kill(a)
-    out["pipeline_tokens_per_s"] = out["pipeline_1_generators_tokens_per_s"]
+        stage_tps.append(r.generated_tokens / r.seconds)
+    out["generated_table"] = r.table
+    shutdown_pool([bare])
+    shutdown_pool(actors)
+    res = config.resources.model_copy(update={"generators": 2})
+    actors = build_generator_actors(str(plan.policy_path), config.generation, res)
+    run_generation_stage(prompts[:2], actors, PolicyWeights(0), 99, config.generation)
+    two_tps = []
+    for _ in range(repeats):
+        r = run_generation_stage(prompts, actors, PolicyWeights(0), 0, config.generation)
+        two_tps.append(r.generated_tokens / r.seconds)
+    shutdown_pool(actors)
+    median = statistics.median
+    out.update({"bare_tokens_per_s": median(bare_tps), "pipeline_tokens_per_s": median(stage_tps),
+                "pipeline_2_generators_tokens_per_s": median(two_tps),
+                "runs_tokens_per_s": {"bare": bare_tps, "pipeline": stage_tps, "pipeline_2_generators": two_tps}})
     out["ratio_pipeline_over_bare"] = out["pipeline_tokens_per_s"] / out["bare_tokens_per_s"]
     out["ratio_2_over_1_generators"] = out["pipeline_2_generators_tokens_per_s"] / out["pipeline_tokens_per_s"]
     return out
 
 
-def _judging(config: RunConfig, plan, generated) -> dict[str, Any]:
+def _judging(config: RunConfig, plan, generated, repeats: int) -> dict[str, Any]:
+    """Pairs/s of the stage vs one batched call in the actor vs one pair per call, interleaved like _generation."""
     from sppo_ray.judging.scoring import ordered_pairs, prompt_text
     from sppo_ray.judging.stage import build_judge_actors, run_judging_stage
 
@@ -112,17 +118,18 @@ def _judging(config: RunConfig, plan, generated) -> dict[str, Any]:
             prompts.append(text)
             first.append(row["responses"][i])
             second.append(row["responses"][j])
-    stage = run_judging_stage(generated, actors, config.judge)
-    bare_s = ray.get(actors[0].time_pair_logits.remote(prompts, first, second, config.judge.batch_size))
-    one_s = ray.get(actors[0].time_pair_logits.remote(prompts, first, second, 1))
-    for a in actors:
-        ray.kill(a)
     n = len(prompts)
-    return {"pairs": n, "judge": config.judge.kind, "batch_size": config.judge.batch_size,
-            "stage_pairs_per_s": n / stage.seconds, "bare_batched_pairs_per_s": n / bare_s,
-            "batch1_pairs_per_s": n / one_s,
-            "ratio_stage_over_bare": (n / stage.seconds) / (n / bare_s),
-            "ratio_stage_over_batch1": (n / stage.seconds) / (n / one_s)}
+    stage, bare, one = [], [], []
+    for _ in range(repeats):
+        stage.append(n / run_judging_stage(generated, actors, config.judge).seconds)
+        bare.append(n / ray.get(actors[0].time_pair_logits.remote(prompts, first, second, config.judge.batch_size)))
+        one.append(n / ray.get(actors[0].time_pair_logits.remote(prompts, first, second, 1)))
+    shutdown_pool(actors)
+    median = statistics.median
+    return {"pairs": n, "judge": config.judge.kind, "batch_size": config.judge.batch_size, "repeats": repeats,
+            "stage_pairs_per_s": median(stage), "bare_batched_pairs_per_s": median(bare),
+            "batch1_pairs_per_s": median(one), "runs_pairs_per_s": {"stage": stage, "bare_batched": bare, "batch1": one},
+            "ratio_stage_over_bare": median(stage) / median(bare), "ratio_stage_over_batch1": median(stage) / median(one)}
 
 
 def _weight_sync(config: RunConfig, plan) -> dict[str, Any]:
@@ -142,9 +149,7 @@ def _weight_sync(config: RunConfig, plan) -> dict[str, Any]:
     push_weights(actors, weights)
     sync_s = time.perf_counter() - started
     pid_after = ray.get(actors[0].ready.remote())["pid"]
-    for a in actors:
-        ray.get(a.shutdown.remote())
-        ray.kill(a)
+    shutdown_pool(actors)
     return {"weight_bytes": nbytes, "sync_seconds": sync_s, "memory_copy_seconds": copy_s,
             "ratio_sync_over_copy": sync_s / copy_s, "engine_restarted": pid_before != pid_after}
 
@@ -167,14 +172,14 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
     init_ray(config)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    n_prompts = 4 if tiny else 16
+    n_prompts, repeats = (4, 1) if tiny else (16, 3)
     if what in ("generation", "judging", "all"):
-        gen = _generation(config, plan, n_prompts)
+        gen = _generation(config, plan, n_prompts, repeats)
         table = gen.pop("generated_table")
         if what in ("generation", "all"):
             results["generation"] = gen
         if what in ("judging", "all"):
-            results["judging"] = _judging(config, plan, table)
+            results["judging"] = _judging(config, plan, table, repeats)
     if what in ("weight-sync", "all"):
         results["weight_sync"] = _weight_sync(config, plan)
     if what in ("training", "all"):

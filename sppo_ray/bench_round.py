@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from sppo_ray.actor_pool import shutdown_pool
 from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 
@@ -51,14 +52,14 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
 
 def _reference_generate(config: RunConfig, plan, prompts: list[Prompt]) -> list[dict[str, Any]]:
     from sppo_ray.bench import BareVLLM
+    from sppo_ray.generation.stage import generator_options
 
-    engine = ray.remote(BareVLLM).options(num_cpus=config.resources.generator_cpus).remote(
+    engine = ray.remote(BareVLLM).options(**generator_options(config.resources)).remote(
         str(plan.policy_path), config.generation)
     try:
         return ray.get(engine.sample_passes.remote([(p.id, list(p.messages)) for p in prompts]))
     finally:
-        ray.get(engine.shutdown.remote())
-        ray.kill(engine)
+        shutdown_pool([engine])
 
 
 def _reference_judge(config: RunConfig, plan, rows: list[dict[str, Any]], train_file: Path) -> int:
@@ -71,7 +72,7 @@ def _reference_judge(config: RunConfig, plan, rows: list[dict[str, Any]], train_
     try:
         judged = judge_rows(rows, RemoteJudge(judge_actor, batch_size=1), "reference", "pair")
     finally:
-        ray.kill(judge_actor)
+        shutdown_pool([judge_actor])
     table = build_training_table(pa.Table.from_pylist(rows, schema=GENERATION_SCHEMA),
                                  pa.Table.from_pylist(judged, schema=JUDGED_SCHEMA))
     pq.write_table(table, train_file)

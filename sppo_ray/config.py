@@ -77,7 +77,8 @@ class GenerationConfig(_Section):
     # vLLM CPU KV cache per engine, GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
     kv_cache_gib: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
-    # Prompts handed to one generator actor per call.
+    # Prompts handed to one generator actor per call (at most; a round's prompts are split so that every generator
+    # gets at least two calls). A generator runs two calls at once in one engine, so calls can be small.
     batch_size: int = Field(16, ge=1)
 
     @model_validator(mode="after")
@@ -151,8 +152,10 @@ class ResourcesConfig(_Section):
     judge_gpus: float = Field(0, ge=0)
     train_cpus_per_worker: float = Field(1, gt=0)
     train_use_gpu: bool = False
-    # Threads a judge actor computes with (0: every core of its node). Roles time-share the cores on a small
-    # machine, so an active judge should use them all even though it reserves only judge_cpus.
+    # Torch threads of each vLLM engine (CPU) and each judge. 0: a judge uses every core of its node; on a one-node
+    # cluster the generators share the node's cores, on larger clusters each uses generator_cpus. Roles
+    # time-share the cores on a small machine, so the active stage should use them all although each role
+    # reserves only its own CPUs. (Ray would otherwise run each actor with OMP_NUM_THREADS=1.)
     actor_threads: int = Field(0, ge=0)
     # Logical CPUs for a local Ray started by the driver (0: max(cores, what the roles reserve)); roles time-share
     # the cores on a small machine because only one stage is busy at a time.

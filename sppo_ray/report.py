@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 __all__ = ["write_report"]
 
 _PHASES = ("generate", "judge", "dataset", "train", "broadcast")
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _plt():
@@ -41,20 +48,44 @@ def _win_rates(rounds, path: Path) -> None:
     plt.close(fig)
 
 
-def _losses(run_dir: Path, rounds, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    offset = 0
+def _train_metrics(run_dir: Path, rounds) -> list[tuple[int, list[dict[str, Any]]]]:
+    """(round, rank 0's per-step metrics) for every round whose model was trained."""
+    out = []
     for r in rounds:
         f = run_dir / f"round_{r['round']}" / "model" / "train_metrics.jsonl"
-        metrics = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
+        out.append((r["round"], [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []))
+    return out
+
+
+def _losses(run_dir: Path, rounds, path: Path) -> None:
+    """Loss per step, and the mean log-ratios log π/π_t of chosen and rejected against the SPPO targets."""
+    plt = _plt()
+    fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(11, 4))
+    offset = 0
+    for t, metrics in _train_metrics(run_dir, rounds):
         steps = [offset + m["step"] for m in metrics]
-        ax.plot(steps, [m["loss"] for m in metrics], "o-", ms=3, label=f"round {r['round']}")
-        offset = steps[-1] if steps else offset
+        ax.plot(steps, [m["loss"] for m in metrics], "o-", ms=3, label=f"round {t}")
+        for key, color in (("chosen", "tab:green"), ("rejected", "tab:red")):
+            label = key if t == rounds[0]["round"] else None
+            ax_ratio.plot(steps, [m[f"logratio_{key}"] for m in metrics], "o-", ms=3, color=color, label=label)
+            targets = [m[f"target_{key}"] for m in metrics]
+            if not any(math.isnan(x) for x in targets):  # DPO and IPO have no per-response target
+                ax_ratio.plot(steps, targets, "--", color=color, lw=1,
+                              label=f"{key} target" if label else None)
+        if steps:
+            ax.axvline(steps[-1] + 0.5, color="grey", lw=0.5)
+            offset = steps[-1]
+    for a in (ax, ax_ratio):
+        a.xaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("optimiser step (all rounds)")
     ax.set_ylabel("training loss")
     ax.set_title("Loss per step")
     ax.legend()
+    ax_ratio.axhline(0, color="grey", lw=0.8)
+    ax_ratio.set_xlabel("optimiser step (all rounds)")
+    ax_ratio.set_ylabel("mean log π(y|x) − log π_t(y|x)")
+    ax_ratio.set_title("Log-ratios of the kept responses")
+    ax_ratio.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -87,6 +118,7 @@ def _lengths(rounds, manifest, path: Path) -> None:
     ev = manifest.get("eval")
     if ev:
         ax.plot(range(len(ev["models"])), ev["mean_response_tokens"], "s--", label="held-out answers of π_t")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("round t (policy π_t)")
     ax.set_ylabel("mean response length (tokens)")
     ax.set_title("Response length per round")

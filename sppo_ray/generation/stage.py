@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +18,15 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.actor import GeneratorActor
 
-__all__ = ["GENERATION_SCHEMA", "GenerationResult", "build_generator_actors", "push_weights", "run_generation_stage"]
+__all__ = [
+    "GENERATION_SCHEMA",
+    "GenerationResult",
+    "build_generator_actors",
+    "engine_threads",
+    "generator_options",
+    "push_weights",
+    "run_generation_stage",
+]
 
 # Columns of responses.parquet (see contracts.GeneratedPrompt).
 GENERATION_SCHEMA = pa.schema(
@@ -34,6 +44,35 @@ GENERATION_SCHEMA = pa.schema(
 )
 
 
+# Batches in flight per generator: the next batch is already in the engine while the current one finishes
+# (see generation/engine_loop.py), so the engine's continuous batching spans Ray Data batches.
+CALLS_PER_GENERATOR = 2
+
+
+def engine_threads(res: ResourcesConfig) -> int:
+    """Threads per vLLM engine on CPU: ``resources.actor_threads`` if set; on a one-node cluster the node's cores
+    shared by the generators (only one stage is busy at a time, so an engine may use cores that the judges and train
+    workers reserve); on a larger cluster the generator's CPU reservation."""
+    if res.actor_threads:
+        return res.actor_threads
+    if len([n for n in ray.nodes() if n["Alive"]]) == 1:
+        return max(1, len(os.sched_getaffinity(0)) // res.generators)
+    return max(1, int(res.generator_cpus))
+
+
+def generator_options(res: ResourcesConfig) -> dict[str, Any]:
+    """Ray options of a vLLM engine's actor: its resources and, on CPU, its thread count.
+
+    Ray sets OMP_NUM_THREADS to an actor's CPU reservation (usually 1), which would run the engine on one core. It
+    is set for the whole process through the runtime env: every thread of a threaded actor must see the same count
+    (vLLM's CPU attention checks it).
+    """
+    options: dict[str, Any] = {"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus * res.tensor_parallel}
+    if not res.generator_gpus:
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(engine_threads(res))}}
+    return options
+
+
 def build_generator_actors(model_path: str, cfg: GenerationConfig, res: ResourcesConfig) -> list[Any]:
     """Start the generator pool and wait until every engine is up.
 
@@ -41,10 +80,7 @@ def build_generator_actors(model_path: str, cfg: GenerationConfig, res: Resource
     first bringing the restarted engine (which holds π_0) to the expected policy version.
     """
     actor_cls = ray.remote(GeneratorActor).options(
-        num_cpus=res.generator_cpus,
-        num_gpus=res.generator_gpus * res.tensor_parallel,
-        max_restarts=3,
-        max_task_retries=0,
+        **generator_options(res), max_restarts=3, max_task_retries=0, max_concurrency=CALLS_PER_GENERATOR
     )
     actors = [actor_cls.remote(model_path, cfg, res.tensor_parallel) for _ in range(res.generators)]
     ray.get([a.ready.remote() for a in actors])
@@ -73,6 +109,15 @@ class GenerationResult:
     generated_tokens: int = 0
 
 
+def _batch_size(prompts: int, actors: int, configured: int) -> int:
+    """Prompts per call: at most the configured size, and small enough that every actor gets two calls.
+
+    Calls to one generator share its engine (their sequences batch together), so smaller calls cost nothing, and
+    with fewer than two per actor the work would not spread evenly over the actors.
+    """
+    return max(1, min(configured, math.ceil(prompts / (actors * CALLS_PER_GENERATOR))))
+
+
 def run_generation_stage(
     prompts: list[Prompt],
     generator_actors: list[Any],
@@ -93,7 +138,8 @@ def run_generation_stage(
         "generate",
         kwargs={"iteration": iteration, "expected_version": weights.version, "samples": samples},
         schema=GENERATION_SCHEMA,
-        batch_size=cfg.batch_size,
+        batch_size=_batch_size(len(prompts), len(generator_actors), cfg.batch_size),
+        per_actor=CALLS_PER_GENERATOR,
         recover=("update_weights", (weights.version, weights.state_dict_ref, weights.path)),
     )
     table = in_order(table, "prompt_id", [p.id for p in prompts])

@@ -14,6 +14,7 @@ from typing import Any
 import ray
 from safetensors.torch import load_file
 
+from sppo_ray.actor_pool import shutdown_pool
 from sppo_ray.config import RunConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.generation.stage import build_generator_actors, push_weights
@@ -78,9 +79,5 @@ class Session:
 
     def shutdown(self) -> None:
         """Stop every engine explicitly, then release the actors."""
-        for actor in self.generator_actors + self.judge_actors:
-            try:
-                ray.get(actor.shutdown.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - an actor that already died has nothing left to stop
-                pass
-            ray.kill(actor)
+        shutdown_pool(self.generator_actors)
+        shutdown_pool(self.judge_actors)

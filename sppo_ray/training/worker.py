@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +189,29 @@ def _resume(engine, rank) -> tuple[int, torch.Tensor | None, list]:
         return int(client["step"]), torch.load(ref_file), list(client.get("metrics_log", []))
 
 
-def _export(engine, model, tokenizer, zero_stage: int, rank: int, metrics_log: list, timer) -> None:
+def _export_check(engine, rows, batches, t, pad_id) -> dict[str, Any]:
+    """This rank's first micro-batch and its response log-probs under the final weights.
+
+    Every rank runs the forward (under ZeRO-3 it gathers parameters collectively); rank 0 writes the result beside
+    the exported model, where a loaded copy of π_{t+1} must reproduce the log-probs (the export is the trained model).
+    """
+    batch = _collate(rows, batches[0], t, pad_id)
+    engine.eval()
+    with torch.no_grad():
+        logps = sequence_logps(engine, batch).float().cpu().tolist()
+    engine.train()
+    return {"input_ids": batch.input_ids.tolist(), "attention_mask": batch.attention_mask.tolist(),
+            "response_mask": batch.response_mask.tolist(), "logps": logps}
+
+
+def _export(engine, tokenizer, zero_stage: int, rank: int, metrics_log: list, check: dict, timer) -> None:
     """Gather full weights (ZeRO-3 shards them) and report π_{t+1} as an HF directory checkpoint from rank 0."""
     import deepspeed
     import ray.train
 
+    model = engine.module
     params = list(model.parameters())
-    context = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero_stage == 3 else _nullcontext()
+    context = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero_stage == 3 else nullcontext()
     with context:
         state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()} if rank == 0 else None
     if rank != 0:
@@ -204,17 +221,10 @@ def _export(engine, model, tokenizer, zero_stage: int, rank: int, metrics_log: l
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (Path(tmp) / "train_metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics_log))
+        (Path(tmp) / "export_check.json").write_text(json.dumps(check))
         timer.lap("export")
         (Path(tmp) / "train_phases.json").write_text(json.dumps({k: round(v, 3) for k, v in timer.seconds.items()}))
         ray.train.report({"exported": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _PhaseTimer:
@@ -319,5 +329,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 ray.train.report(metrics)
     timer.lap("steps")
-    _export(engine, engine.module, tokenizer, t["zero_stage"], rank, metrics_log, timer)
+    check = _export_check(engine, rows, batches, t, pad_id)
+    _export(engine, tokenizer, t["zero_stage"], rank, metrics_log, check, timer)
     return metrics_log

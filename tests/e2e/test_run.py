@@ -98,6 +98,23 @@ def test_best_of_n_eval(tiny_run, cli_env):
     np.testing.assert_allclose(np.array(ev["matrix"]) + np.array(ev["matrix"]).T, 1.0)
 
 
+def test_report_writes_plots_and_markdown(tiny_run, cli_env):
+    proc = cli("report", str(tiny_run["dir"]), env=cli_env)
+    out = tiny_run["dir"] / "report"
+    assert str(out / "report.md") in proc.stdout
+    markdown = (out / "report.md").read_text()
+    for name in ("win_rates", "loss", "stage_times", "response_length"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+        assert f"({name}.png)" in markdown
+    assert "| pi_2 |" in markdown and "../eval/heatmap.png" in markdown  # the held-out matrix is embedded
+
+
+def test_report_on_a_directory_without_a_run_says_so(tmp_path, cli_env):
+    proc = cli("report", str(tmp_path), env=cli_env, check=False)
+    assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_missing_model_fails_fast_naming_it(tmp_path, bad_prompts, cli_env):
     config = write_config(tmp_path / "c.yaml", tmp_path / "run", bad_prompts,
                           models={"policy": "/nonexistent/model-dir", "judge": "/nonexistent/model-dir"})

@@ -63,6 +63,31 @@ def test_fit_lowers_loss_and_reports_metrics(trained):
     assert last["logratio_chosen"] > last["logratio_rejected"]
 
 
+def _assert_export_is_the_trained_model(model_dir: Path) -> None:
+    """The exported weights reproduce the log-probs the trained engine computed at the end of the fit."""
+    from transformers import AutoModelForCausalLM
+
+    from sppo_ray.training.batching import PairBatch, sequence_logps
+
+    check = json.loads((model_dir / "export_check.json").read_text())
+    batch = PairBatch(*(torch.tensor(check[k]) for k in ("input_ids", "attention_mask", "response_mask")))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logps = sequence_logps(model, batch)
+    assert logps.tolist() == pytest.approx(check["logps"], abs=1e-3)
+
+
+def test_export_is_the_trained_model(trained):
+    _assert_export_is_the_trained_model(trained.model_dir)
+
+
+def test_zero3_fit_exports_the_gathered_model(ray_cluster, embedded_policy, train_parquet, tmp_path):
+    result = run_training(str(train_parquet), str(embedded_policy), tmp_path / "model", _config(zero_stage=3, epochs=1),
+                          RES, storage_path=str(tmp_path / "ray_train"), name="fit-zero3")
+    assert len(result.metrics) == 2
+    _assert_export_is_the_trained_model(result.model_dir)
+
+
 def test_export_loads_in_transformers_and_vllm(trained, embedded_policy):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -107,3 +107,18 @@ def test_empty_prompt(tokenizer, messages):
     fitted = fit_prompt(tokenizer, messages, 64, "truncate")
     assert fitted.token_ids is None
     assert fitted.skipped_reason == "empty prompt"
+
+
+@pytest.mark.parametrize(
+    ("prompts", "actors", "configured", "expected"),
+    [
+        (16, 1, 12, 8),  # one generator: two calls of 8 share its engine
+        (16, 2, 12, 4),  # two generators: two calls each, the work split evenly
+        (20000, 4, 16, 16),  # a large round: the configured size
+        (1, 2, 16, 1),
+    ],
+)
+def test_generation_batch_size_gives_every_generator_two_calls(prompts, actors, configured, expected):
+    from sppo_ray.generation.stage import _batch_size
+
+    assert _batch_size(prompts, actors, configured) == expected
