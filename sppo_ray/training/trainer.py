@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 
 from sppo_ray.config import ResourcesConfig, TrainingConfig
@@ -36,7 +37,6 @@ _DRIVER_READ_BYTES = 256 * 2**20
 
 def _training_dataset(train_parquet: str) -> "ray.data.Dataset":
     """The round's training set as a Ray Dataset (Ray Train shards it across the workers)."""
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     fs, path = pafs.FileSystem.from_uri(train_parquet) if "://" in train_parquet else (pafs.LocalFileSystem(), train_parquet)
@@ -94,12 +94,18 @@ def run_training(
         raise RuntimeError(f"training failed: {result.error}")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    with result.checkpoint.as_directory() as exported:
-        shutil.copytree(exported, tmp)
+    checkpoint = result.checkpoint
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        shutil.move(checkpoint.path, tmp)  # a rename on the same disk, not a copy of the weights
+    else:
+        with checkpoint.as_directory() as exported:
+            shutil.copytree(exported, tmp)
     metrics_file = tmp / "train_metrics.jsonl"
     metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+    if "://" not in storage_path:  # the fit's own state (DeepSpeed checkpoints, the export) is no longer needed
+        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
     phases = json.loads((out_dir / "train_phases.json").read_text())
     seconds = time.perf_counter() - started
     return TrainResult(out_dir, metrics, seconds, {**phases, "fit": fit_seconds, "collect": seconds - fit_seconds})

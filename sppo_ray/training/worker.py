@@ -176,11 +176,23 @@ def _save_checkpoint(engine, ref, step, rank, metrics, metrics_log) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(engine, rank) -> tuple[int, torch.Tensor | None, list]:
-    """(step, saved reference log-probs, metrics so far) from the last mid-fit checkpoint, if any."""
+def _mid_fit_checkpoint() -> Any:
+    """The last DeepSpeed checkpoint of this fit if the worker group was restarted, else None.
+
+    A fit rerun under a finished fit's name (the driver crashed after the export) is handed that fit's export, an
+    HF directory: it is not a resume point, and the fit starts over.
+    """
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return checkpoint if (Path(d) / _TAG).is_dir() else None
+
+
+def _resume(engine, rank, checkpoint) -> tuple[int, torch.Tensor | None, list]:
+    """(step, saved reference log-probs, metrics so far) from a mid-fit checkpoint, if any."""
     if checkpoint is None:
         return 0, None, []
     with checkpoint.as_directory() as d:
@@ -306,10 +318,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     total_steps = steps_per_epoch * t["epochs"]
     timer.lap("load_data")
     # Reference log-probs before DeepSpeed wraps the model: π_t's weights, one pass, no second model.
-    ref = _reference_logps(model, rows, batches, t, pad_id) if ray.train.get_checkpoint() is None else None
+    resume_from = _mid_fit_checkpoint()
+    ref = _reference_logps(model, rows, batches, t, pad_id) if resume_from is None else None
     timer.lap("reference_pass")
     engine, scheduler = _setup_engine(model, t, world, total_steps)
-    start_step, saved_ref, metrics_log = _resume(engine, rank)
+    start_step, saved_ref, metrics_log = _resume(engine, rank, resume_from)
     ref = saved_ref if saved_ref is not None else ref
     timer.lap("deepspeed_init")
     for epoch in range(t["epochs"]):

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e_helpers import cli, write_config
+from e2e_helpers import cli, llm_judge_config, write_config
+from job_head import submit_job, token_head
 
 from sppo_ray.data.prompts import Prompt, load_prompts, split_prompts
 
@@ -41,3 +42,14 @@ def tiny_run(cli_env, bad_prompts, tmp_path_factory) -> dict:
     config = write_config(root / "tiny.yaml", root / "run", bad_prompts)
     proc = cli("run", str(config), env=cli_env)
     return {"dir": root / "run", "config": config, "stdout": proc.stdout, "root": root}
+
+
+@pytest.fixture(scope="session")
+def submitted_run(bad_prompts, tmp_path_factory) -> dict:
+    """The LLM-judge job, 2 rounds, submitted with `ray job submit` to a throwaway token-auth head (stopped before
+    this returns). Checked by test_job_submit; the crash test compares its resumed run with this one."""
+    root = tmp_path_factory.mktemp("submitted")
+    config = llm_judge_config(root / "job.yaml", root / "run", bad_prompts)
+    with token_head() as head:
+        job = submit_job(head, config)
+    return {"dir": root / "run", "config": config, "job": job}

@@ -54,3 +54,8 @@ def write_config(path: Path, run_dir: Path, prompts: Path, **changes) -> Path:
             config[section] = value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def llm_judge_config(path: Path, run_dir: Path, prompts: Path) -> Path:
+    """The shared job with the LLM judge (its stage lasts long enough to crash a driver in) and no final eval."""
+    return write_config(path, run_dir, prompts, judge=LLM_JUDGE, eval_at_end=False)

@@ -1,4 +1,4 @@
-"""Crash and resume through the real CLI: a generator killed mid-generation, the driver killed mid-training."""
+"""Crash and resume through the real CLI: a generator killed mid-generation, the driver killed mid-judging."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from e2e_helpers import CLI, REPO, cli, write_config
+from e2e_helpers import CLI, REPO, cli, llm_judge_config
 
 pytestmark = pytest.mark.e2e
 
@@ -45,19 +45,19 @@ def _wait_for_stage(run_dir, key: str, proc: subprocess.Popen, timeout: float = 
     raise AssertionError(f"timed out waiting for {key}")
 
 
-def test_resume_after_crash_reproduces_the_uninterrupted_run(tiny_run, bad_prompts, cli_env, tmp_path):
+def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_prompts, cli_env, tmp_path):
+    """The same job as the submitted run (LLM judge), crashed and resumed, gives the same training sets."""
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "crash.yaml", run_dir, bad_prompts)
+    config = llm_judge_config(tmp_path / "crash.yaml", run_dir, bad_prompts)
+    reference = submitted_run["dir"]
     log = (tmp_path / "crashed-run.log").open("w")  # a file, not a pipe: an unread pipe fills up and blocks the run
     proc = subprocess.Popen([*CLI, "run", str(config)], env=cli_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_generator_once, args=(stop, killed))
     killer.start()
     try:
-        # Round 2's update is under way once its training set is recorded. (Judging with the length judge takes
-        # ~0.1 s, too short a window to kill the driver in reliably; training takes a minute here.)
-        _wait_for_stage(run_dir, "round_1/dataset", proc)
-        time.sleep(5.0)
+        _wait_for_stage(run_dir, "round_1/generate", proc)  # round 2's judging (~10 s here) starts right after
+        time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -67,22 +67,22 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(tiny_run, bad_promp
             proc.kill()
     assert killed, "no generator was killed during generation"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert "round_1/judge" in manifest["stages"] and "round_1/train" not in manifest["stages"]
+    assert "round_1/generate" in manifest["stages"] and "round_1/judge" not in manifest["stages"]
     # every usable prompt exactly once despite the killed generator (the same ones as the uninterrupted run)
     responses = pq.read_table(run_dir / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
-    expected = pq.read_table(tiny_run["dir"] / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
+    expected = pq.read_table(reference / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
     assert responses == expected and len(responses) == len(set(responses))
 
     cli("resume", str(run_dir), env=cli_env)
     resumed = json.loads((run_dir / "manifest.json").read_text())
-    for key in ("round_0/generate", "round_0/train", "round_1/judge"):  # finished before the crash: not redone
+    for key in ("round_0/generate", "round_0/train", "round_1/generate"):  # finished before the crash: not redone
         assert resumed["stages"][key] == manifest["stages"][key], key
     assert {f"round_{t}/{s}" for t in (0, 1) for s in ("generate", "judge", "dataset", "train")} <= set(resumed["stages"])
     for t in (0, 1):
         ours = pq.read_table(run_dir / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
-        reference = pq.read_table(tiny_run["dir"] / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
-        assert len(ours) == len(reference)
-        for a, b in zip(ours, reference):
+        theirs = pq.read_table(reference / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
             for key in COMPARED:
                 if isinstance(a[key], float):
                     assert a[key] == pytest.approx(b[key], abs=1e-6), (t, key)

@@ -61,6 +61,9 @@ def test_fit_lowers_loss_and_reports_metrics(trained):
     # targets are (p - 1/2) / beta; the policy moved towards them
     assert last["target_chosen"] == pytest.approx(2.0) and last["target_rejected"] == pytest.approx(-2.0)
     assert last["logratio_chosen"] > last["logratio_rejected"]
+    # the exported model is in place and Ray Train's own state of the fit (a second copy of it) is gone
+    assert (trained.model_dir / "model.safetensors").is_file()
+    assert not (trained.model_dir.parent / "ray_train" / "fit").exists()
 
 
 def _assert_export_is_the_trained_model(model_dir: Path) -> None:
