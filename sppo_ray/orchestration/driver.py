@@ -98,7 +98,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     with timer("broadcast"):
         session.broadcast(load_weights(model_dir, t + 1))
     probe = session.probe(PROBE_QUESTION)
-    timer.finish()
+    timer.finish({stage: rd.done(t, stage)["seconds"] for stage in ("generate", "judge", "dataset", "train")})
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
     rd.record_round(t, round_summary)
     metrics.round_done(round_summary)
@@ -183,6 +183,13 @@ class _Timer:
         yield
         self.seconds[phase] = time.perf_counter() - began
 
-    def finish(self) -> None:
-        """The round's wall time: its phases plus whatever ran between them (the orchestration overhead)."""
+    def finish(self, recorded: dict[str, float]) -> None:
+        """The round's wall time: its phases plus whatever ran between them (the orchestration overhead).
+
+        ``recorded`` holds the manifest's seconds of the round's stages: a stage that an earlier execution finished
+        (a resumed run skips it) counts with the seconds it took then, not the instant it took to skip.
+        """
         self.seconds["round"] = time.perf_counter() - self.started
+        for phase, seconds in recorded.items():
+            self.seconds["round"] += seconds - self.seconds[phase]
+            self.seconds[phase] = seconds
