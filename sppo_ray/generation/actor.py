@@ -58,10 +58,16 @@ def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
     from vllm import LLM
 
+    max_model_len = cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens
     return LLM(
         model=model_path,
+        # No chunked prefill: vLLM rewinds a seeded request's random generator when it discards the token sampled
+        # after a partial prefill, which CPU generators do not support ("CPU Generator does not use offset"); it
+        # happened when a second batch joined a running engine. Every prefill then fits in one step.
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=max(max_model_len, 8192),
         dtype=_engine_dtype(cfg.dtype),
-        max_model_len=cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens,
+        max_model_len=max_model_len,
         enforce_eager=True,
         seed=cfg.seed,
         tensor_parallel_size=tensor_parallel,
