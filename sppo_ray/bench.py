@@ -172,26 +172,29 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
     init_ray(config)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+
+    def keep(name: str, result: dict[str, Any]) -> None:
+        """Write each benchmark's JSON as soon as it is measured: a later benchmark failing loses nothing."""
+        results[name] = {**result, "machine": {"cpus": os.cpu_count()}}
+        (out / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
+        print(f"bench {name}: " + json.dumps(_rounded(results[name])), flush=True)
+
     n_prompts, repeats = (4, 1) if tiny else (16, 3)
     if what in ("generation", "judging", "all"):
         gen = _generation(config, plan, n_prompts, repeats)
         table = gen.pop("generated_table")
         if what in ("generation", "all"):
-            results["generation"] = gen
+            keep("generation", gen)
         if what in ("judging", "all"):
-            results["judging"] = _judging(config, plan, table, repeats)
+            keep("judging", _judging(config, plan, table, repeats))
     if what in ("weight-sync", "all"):
-        results["weight_sync"] = _weight_sync(config, plan)
+        keep("weight_sync", _weight_sync(config, plan))
     if what in ("training", "all"):
         from sppo_ray.training.bench import bench_training
 
-        results["training"] = bench_training(config, plan, out, tiny=tiny)
+        keep("training", bench_training(config, plan, out, tiny=tiny))
     if what in ("round", "all"):
         from sppo_ray.bench_round import bench_round
 
-        results["round"] = bench_round(config, plan, out, n_prompts=8 if tiny else config.data.prompts_per_iteration)
-    for name, r in results.items():
-        r["machine"] = {"cpus": os.cpu_count()}
-        (out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
-        print(f"bench {name}: " + json.dumps(_rounded(r)))
+        keep("round", bench_round(config, plan, out, n_prompts=8 if tiny else config.data.prompts_per_iteration))
     return results
