@@ -86,6 +86,10 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
 def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
               metrics: RunMetrics) -> None:
     """One SPPO round: π_t samples K responses, the judge fills K×K tables, DeepSpeed fits π_{t+1}, generators get it."""
+    finished = rd.manifest()["rounds"].get(str(t))
+    if finished is not None:  # resumed past this round: the next round's generation broadcasts π_{t+1} if it runs
+        print(summary.round_table(finished), flush=True)
+        return
     timer = _Timer(t, metrics)
     with timer("generate"):
         generated = _generate(t, prompts, session, rd, config)

@@ -77,6 +77,8 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
     resumed = json.loads((run_dir / "manifest.json").read_text())
     for key in ("round_0/generate", "round_0/train", "round_1/generate"):  # finished before the crash: not redone
         assert resumed["stages"][key] == manifest["stages"][key], key
+    # a round finished before the crash keeps its summary and is not redone (nor its weights re-broadcast)
+    assert resumed["rounds"]["0"] == manifest["rounds"]["0"]
     # round summaries count a stage skipped on resume with the seconds it took before the crash
     assert resumed["rounds"]["1"]["seconds"]["generate"] == pytest.approx(manifest["stages"]["round_1/generate"]["seconds"], abs=0.01)
     assert {f"round_{t}/{s}" for t in (0, 1) for s in ("generate", "judge", "dataset", "train")} <= set(resumed["stages"])
