@@ -1,12 +1,14 @@
 """The KubeRay manifests in cluster/ against the KubeRay CRD schemas, plus the rules this project sets for them.
 
-The CRDs are read from ``<repo>/../shared/kuberay-crds`` (the repository is cloned next to ``shared/``). If that
+The CRDs are read from ``$KUBERAY_CRD_DIR`` if set, else ``<repo>/../shared/kuberay-crds`` (the repository is cloned
+next to ``shared/``). If that
 directory is missing, the tests that need it fail (they do not skip): an unchecked manifest is not a passing one.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
 import sys
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = REPO / "cluster"
 JOBS_DIR = REPO / "jobs"
-CRD_DIR = (REPO / ".." / "shared" / "kuberay-crds").resolve()
+CRD_DIR = Path(os.environ.get("KUBERAY_CRD_DIR") or REPO / ".." / "shared" / "kuberay-crds").resolve()
 CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 
 MANIFEST_PATHS = sorted(CLUSTER_DIR.glob("*.yaml")) + sorted(CLUSTER_DIR.glob("*.yml"))
@@ -50,7 +52,7 @@ def load_crds() -> dict[str, dict[str, Any]]:
             f"KubeRay CRD directory not found: {CRD_DIR}\n"
             "The manifests in cluster/ are validated against the KubeRay CRDs, expected next to the repository at "
             "<repo>/../shared/kuberay-crds/ (ray.io_rayjobs.yaml, ray.io_rayclusters.yaml). Put them there (see "
-            "SOURCE.txt for the KubeRay commit) and rerun.",
+            "SOURCE.txt for the KubeRay commit) or point KUBERAY_CRD_DIR at them, and rerun.",
             pytrace=False,
         )
     out = {}
