@@ -29,6 +29,8 @@ from sppo_ray.training.trainer import run_training
 
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
 
+_STAGES = ("generate", "judge", "dataset", "train")  # the recorded stages of a round, in order
+
 PROBE_QUESTION = "What is the capital of France?"
 
 
@@ -86,10 +88,12 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
 def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
               metrics: RunMetrics) -> None:
     """One SPPO round: π_t samples K responses, the judge fills K×K tables, DeepSpeed fits π_{t+1}, generators get it."""
-    finished = rd.manifest()["rounds"].get(str(t))
-    if finished is not None:  # resumed past this round: the next round's generation broadcasts π_{t+1} if it runs
+    manifest = rd.manifest()
+    if (finished := manifest["rounds"].get(str(t))) is not None:  # resumed past it: the next generation broadcasts
         print(summary.round_table(finished), flush=True)
         return
+    done = {s: manifest["stages"].get(f"round_{t}/{s}") for s in _STAGES}
+    skipped = {s: rec["seconds"] for s, rec in done.items() if rec}
     timer = _Timer(t, metrics)
     with timer("generate"):
         generated = _generate(t, prompts, session, rd, config)
@@ -102,7 +106,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     with timer("broadcast"):
         session.broadcast(load_weights(model_dir, t + 1))
     probe = session.probe(PROBE_QUESTION)
-    timer.finish({stage: rd.done(t, stage)["seconds"] for stage in ("generate", "judge", "dataset", "train")})
+    timer.finish(skipped)
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
     rd.record_round(t, round_summary)
     metrics.round_done(round_summary)
@@ -187,13 +191,13 @@ class _Timer:
         yield
         self.seconds[phase] = time.perf_counter() - began
 
-    def finish(self, recorded: dict[str, float]) -> None:
+    def finish(self, skipped: dict[str, float]) -> None:
         """The round's wall time: its phases plus whatever ran between them (the orchestration overhead).
 
-        ``recorded`` holds the manifest's seconds of the round's stages: a stage that an earlier execution finished
-        (a resumed run skips it) counts with the seconds it took then, not the instant it took to skip.
+        ``skipped`` holds the recorded seconds of stages an earlier execution finished (a resumed run skips them):
+        they count with the seconds they took then, not the instant it took to skip them.
         """
         self.seconds["round"] = time.perf_counter() - self.started
-        for phase, seconds in recorded.items():
+        for phase, seconds in skipped.items():
             self.seconds["round"] += seconds - self.seconds[phase]
             self.seconds[phase] = seconds
