@@ -135,11 +135,12 @@ def _judging(config: RunConfig, plan, generated, repeats: int) -> dict[str, Any]
 def _weight_sync(config: RunConfig, plan) -> dict[str, Any]:
 
     from sppo_ray.generation.stage import build_generator_actors, push_weights
-    from sppo_ray.orchestration.session import load_weights
+    from sppo_ray.generation.weights import policy_weights
+    from sppo_ray.orchestration.session import object_store_weights
 
     actors = build_generator_actors(str(plan.policy_path), config.generation, config.resources)
     pid_before = ray.get(actors[0].ready.remote())["pid"]
-    weights = load_weights(plan.policy_path, 1)
+    weights = object_store_weights(plan.policy_path, 1)
     state = ray.get(weights.state_dict_ref)
     started = time.perf_counter()
     copied = {k: v.clone() for k, v in state.items()}
@@ -148,10 +149,14 @@ def _weight_sync(config: RunConfig, plan) -> dict[str, Any]:
     started = time.perf_counter()
     push_weights(actors, weights)
     sync_s = time.perf_counter() - started
+    started = time.perf_counter()
+    push_weights(actors, policy_weights(plan.policy_path, 2))  # what a run does: generators read the directory
+    dir_s = time.perf_counter() - started
     pid_after = ray.get(actors[0].ready.remote())["pid"]
     shutdown_pool(actors)
-    return {"weight_bytes": nbytes, "sync_seconds": sync_s, "memory_copy_seconds": copy_s,
-            "ratio_sync_over_copy": sync_s / copy_s, "engine_restarted": pid_before != pid_after}
+    return {"weight_bytes": nbytes, "sync_seconds": sync_s, "directory_sync_seconds": dir_s,
+            "memory_copy_seconds": copy_s, "ratio_sync_over_copy": sync_s / copy_s,
+            "ratio_directory_sync_over_copy": dir_s / copy_s, "engine_restarted": pid_before != pid_after}
 
 
 def _rounded(value: Any) -> Any:
@@ -193,6 +198,10 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
         from sppo_ray.training.bench import bench_training
 
         keep("training", bench_training(config, plan, out, tiny=tiny))
+    if what in ("memory", "all"):
+        from sppo_ray.bench_memory import bench_memory
+
+        keep("memory", bench_memory(config, plan, out))
     if what in ("round", "all"):
         from sppo_ray.bench_round import bench_round
 

@@ -75,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
 
     p = sub.add_parser("bench", help="benchmarks: each stage against its bare engine, same run")
-    p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "round", "all"])
+    p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "round", "memory", "all"])
     p.add_argument("--config", default="jobs/tiny-cpu.yaml")
     _add_overrides(p)
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")

@@ -77,6 +77,8 @@ class GenerationConfig(_Section):
     # vLLM CPU KV cache per engine, GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
     kv_cache_gib: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    # Run vLLM without CUDA graphs. None: eager on CPU (required there), CUDA graphs on GPUs (faster decoding).
+    enforce_eager: bool | None = None
     # Prompts handed to one generator actor per call (at most; a round's prompts are split so that every generator
     # gets at least two calls). A generator runs two calls at once in one engine, so calls can be small.
     batch_size: int = Field(16, ge=1)
@@ -127,6 +129,15 @@ class TrainingConfig(_Section):
     max_length: int = Field(1024, ge=16)
     max_prompt_length: int = Field(512, ge=8)
     grad_clip: float = Field(1.0, gt=0.0)
+    # Recompute activations in the backward pass (non-reentrant torch checkpointing): activation memory of one
+    # layer instead of all of them, for ~30% more compute. On in the paper configs (7-8B, 1024 tokens).
+    gradient_checkpointing: bool = False
+    # Attention kernel of the trained model: "sdpa" (torch's, everywhere), "eager", or "flash_attention_2" (needs
+    # the flash-attn package on the training nodes; a clear error otherwise).
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # π_{t+1} is exported in the training precision as safetensors shards of at most this many GB (10^9 bytes),
+    # with an index file: the layout transformers and vLLM expect of any HF checkpoint.
+    export_max_shard_gb: float = Field(5.0, gt=0.0)
     # Save a DeepSpeed checkpoint through ray.train.report every N optimiser steps (0: only at the end), so a killed
     # worker resumes from it instead of restarting the round.
     checkpoint_every: int = Field(0, ge=0)

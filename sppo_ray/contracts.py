@@ -21,8 +21,13 @@ class PolicyWeights:
     version: int
     # ObjectRef of a {name: tensor} state dict in HF naming (the default broadcast), or None.
     state_dict_ref: Any = None
-    # An HF directory on storage every generator can read (the shared-storage broadcast), or None.
+    # An HF directory of this version (an exported round model), or None.
     path: str | None = None
+    # (file name, bytes) of each safetensors file under ``path``. A generator that sees these files loads them from
+    # disk itself; one that does not pulls them one at a time from ``shard_source``.
+    files: tuple[tuple[str, int], ...] = ()
+    # Handle of a ShardSource actor on a node that can read ``path`` (only when some generator cannot), or None.
+    shard_source: Any = None
 
 
 @dataclass(frozen=True)

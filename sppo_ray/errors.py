@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sppo_ray.config import ConfigError
 from sppo_ray.data.prompts import PromptLoadError
+from sppo_ray.generation.vllm_compat import VLLMVersionError
 from sppo_ray.models import ModelSourceError
 
 __all__ = ["RunStateError", "UserError"]
@@ -14,4 +15,4 @@ class RunStateError(RuntimeError):
 
 
 # Everything caused by what the user gave us; the CLI prints these without a traceback.
-UserError = (ConfigError, PromptLoadError, ModelSourceError, RunStateError)
+UserError = (ConfigError, PromptLoadError, ModelSourceError, RunStateError, VLLMVersionError)

@@ -12,6 +12,8 @@ from sppo_ray.config import GenerationConfig
 from sppo_ray.contracts import GeneratedPrompt
 from sppo_ray.generation.engine_loop import SharedEngine
 from sppo_ray.generation.sampling import FittedPrompt, fit_prompt, sample_seed
+from sppo_ray.generation.vllm_compat import check_vllm, engine_kwargs
+from sppo_ray.generation.weights import has_files, pulled_weights
 
 __all__ = ["GeneratorActor", "build_engine", "generated_row"]
 
@@ -50,30 +52,22 @@ def _sampling(**kwargs: Any) -> Any:
 
 
 def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1) -> Any:
-    """A vLLM ``LLM`` running in this process, with the run's engine settings.
+    """A vLLM ``LLM`` running in this process, with the run's engine settings (see ``vllm_compat.engine_kwargs``).
 
     On CPU its threads come from OMP_NUM_THREADS, which the actor's options set (see ``generator_options``).
+
+    Raises:
+        VLLMVersionError: the installed vLLM is not the release line whose APIs the generators call.
     """
+    check_vllm()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+    import torch
     from vllm import LLM
 
     max_model_len = cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens
-    return LLM(
-        model=model_path,
-        # No chunked prefill: vLLM rewinds a seeded request's random generator when it discards the token sampled
-        # after a partial prefill, which CPU generators do not support ("CPU Generator does not use offset"); it
-        # happened when a second batch joined a running engine. Every prefill then fits in one step.
-        enable_chunked_prefill=False,
-        max_num_batched_tokens=max(max_model_len, 8192),
-        dtype=_engine_dtype(cfg.dtype),
-        max_model_len=max_model_len,
-        enforce_eager=True,
-        seed=cfg.seed,
-        tensor_parallel_size=tensor_parallel,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        trust_remote_code=False,
-    )
+    return LLM(model=model_path, dtype=_engine_dtype(cfg.dtype),
+               **engine_kwargs(cfg, max_model_len, tensor_parallel, on_gpu=torch.cuda.is_available()))
 
 
 class GeneratorActor:
@@ -152,25 +146,44 @@ class GeneratorActor:
 
         return self.engine.run([TokensPrompt(prompt_token_ids=ids) for ids in token_ids], params, before_add)
 
-    def update_weights(self, version: int, state_dict: dict[str, Any] | None = None, path: str | None = None) -> float:
+    def can_read(self, path: str, files: tuple[tuple[str, int], ...]) -> bool:
+        """Whether this generator's node sees a policy directory's weight files (shared storage or the same node)."""
+        return has_files(path, files)
+
+    def update_weights(self, version: int, state_dict: dict[str, Any] | None = None, path: str | None = None,
+                       files: tuple[tuple[str, int], ...] = (), source: Any = None) -> float:
         """Replace the engine's weights in place (no restart) and return the seconds it took.
 
-        ``state_dict`` arrives resolved from the ObjectRef the caller passed; ``path`` is an HF directory on shared
-        storage. ``reload_weights`` re-runs the CPU backend's weight repacking, which a bare ``load_weights`` skips.
+        Give ``state_dict`` (resolved from the ObjectRef the caller passed) or ``path``, an HF directory. A directory
+        this node sees (its ``files`` present, or no ``files`` given) is read by vLLM's loader one shard at a time;
+        otherwise the shards are pulled one at a time from ``source`` (a ShardSource actor). ``reload_weights``
+        re-runs the CPU backend's weight repacking, which a bare ``load_weights`` skips.
+
+        Raises:
+            ValueError: neither or both of state_dict and path.
+            FileNotFoundError: the directory is not visible here and no source was given.
         """
         if (state_dict is None) == (path is None):
             raise ValueError("give exactly one of state_dict or path")
+        if path is not None and files and not has_files(path, files) and source is None:
+            raise FileNotFoundError(f"policy v{version}: {path} is not readable on this generator's node and no "
+                                    "shard source was given")
         started = time.perf_counter()
-        self.engine.call(lambda: self._reload(version, state_dict, path))  # waits for batches in flight
+        self.engine.call(lambda: self._reload(version, state_dict, path, files, source))  # waits for batches
         return time.perf_counter() - started
 
-    def _reload(self, version: int, state_dict: dict[str, Any] | None, path: str | None) -> None:
+    def _reload(self, version: int, state_dict, path, files, source) -> None:
+        dtype = self.llm.llm_engine.model_config.dtype  # cast here: the engine warns per tensor otherwise
         if state_dict is not None:
-            dtype = self.llm.llm_engine.model_config.dtype  # cast here: the engine warns per tensor otherwise
-            state_dict = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state_dict.items()}
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
+            weights = ((name, t.to(dtype) if t.is_floating_point() else t) for name, t in state_dict.items())
+        elif files and not has_files(path, files):
+            weights = pulled_weights(source, files, dtype)
         else:
+            weights = None
+        if weights is None:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.version = version
 

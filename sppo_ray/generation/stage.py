@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from sppo_ray.config import GenerationConfig, ResourcesConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.actor import GeneratorActor
+from sppo_ray.generation.weights import ShardSource
 
 __all__ = [
     "GENERATION_SCHEMA",
@@ -26,6 +28,7 @@ __all__ = [
     "generator_options",
     "push_weights",
     "run_generation_stage",
+    "weights_args",
 ]
 
 # Columns of responses.parquet (see contracts.GeneratedPrompt).
@@ -90,12 +93,39 @@ def build_generator_actors(model_path: str, cfg: GenerationConfig, res: Resource
 def push_weights(generator_actors: list[Any], weights: PolicyWeights) -> list[float]:
     """Broadcast one policy version to every generator in place; returns each actor's reload seconds.
 
-    The state dict travels as one Ray object (Ray copies it once per node, the engines never restart). A collective
-    (NCCL) broadcast for GPU clusters would replace this function and nothing else.
+    A version given as a directory reaches each generator without passing through the caller: generators that see
+    its files load them from disk, the others pull them one shard at a time from a ShardSource started for this
+    broadcast on the caller's node (see generation/weights.py). A version given as a state dict ObjectRef travels
+    through the object store (Ray copies it once per node). The engines never restart.
     """
-    return ray.get(
-        [a.update_weights.remote(weights.version, weights.state_dict_ref, weights.path) for a in generator_actors]
-    )
+    if weights.path is not None and weights.files and weights.shard_source is None:
+        visible = ray.get([a.can_read.remote(weights.path, weights.files) for a in generator_actors])
+        if not all(visible):
+            source = _shard_source(weights.path)
+            try:
+                return _update(generator_actors, dataclasses.replace(weights, shard_source=source))
+            finally:
+                ray.kill(source)
+    return _update(generator_actors, weights)
+
+
+def _update(generator_actors: list[Any], w: PolicyWeights) -> list[float]:
+    return ray.get([a.update_weights.remote(*weights_args(w)) for a in generator_actors])
+
+
+def weights_args(w: PolicyWeights) -> tuple:
+    """``GeneratorActor.update_weights`` arguments for a policy version."""
+    return (w.version, w.state_dict_ref, w.path, w.files, w.shard_source)
+
+
+def _shard_source(model_dir: str) -> Any:
+    """A ShardSource on this process's node, which can read ``model_dir`` (it is where the export was collected)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(ShardSource).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+    ).remote(model_dir)
 
 
 @dataclass
@@ -140,7 +170,7 @@ def run_generation_stage(
         schema=GENERATION_SCHEMA,
         batch_size=_batch_size(len(prompts), len(generator_actors), cfg.batch_size),
         per_actor=CALLS_PER_GENERATOR,
-        recover=("update_weights", (weights.version, weights.state_dict_ref, weights.path)),
+        recover=("update_weights", weights_args(weights)),
     )
     table = in_order(table, "prompt_id", [p.id for p in prompts])
     rejects = [r for r in records if r["reason"] != "truncated"]

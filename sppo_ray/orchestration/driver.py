@@ -24,7 +24,9 @@ from sppo_ray.orchestration import summary
 from sppo_ray.orchestration.metrics import RunMetrics
 from sppo_ray.orchestration.preflight import Plan, plan_run
 from sppo_ray.orchestration.rundir import RunDir, changed_keys
-from sppo_ray.orchestration.session import Session, init_ray, load_weights
+from sppo_ray.generation.vllm_compat import check_vllm
+from sppo_ray.generation.weights import policy_weights
+from sppo_ray.orchestration.session import Session, init_ray
 from sppo_ray.training.trainer import run_training
 
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
@@ -67,6 +69,7 @@ def resume(run_dir: str, *, config_path: str | None = None, overrides: list[str]
 def _execute(plan: Plan, rd: RunDir) -> Path:
     config = plan.config
     rd.local_path("")  # fails now, before any actor starts, if the run dir cannot hold model directories
+    check_vllm(check_api=False)  # the generators check the API too; a wrong release fails here, not mid-round
     rd.write_config(config.to_dict())
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     init_ray(config)
@@ -104,7 +107,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     with timer("train"):
         model_dir, train_metrics = _train(t, rd, config, session)
     with timer("broadcast"):
-        session.broadcast(load_weights(model_dir, t + 1))
+        session.broadcast(policy_weights(model_dir, t + 1))
     probe = session.probe(PROBE_QUESTION)
     timer.finish(skipped)
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
@@ -118,7 +121,7 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     if rd.done(t, "generate"):
         return rd.read_parquet(rel)
     if session.generator_version != t:  # resumed: bring the generators to π_t first
-        session.broadcast(load_weights(Path(rd.local_path(f"round_{t - 1}/model")), t))
+        session.broadcast(policy_weights(rd.local_path(f"round_{t - 1}/model"), t))
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation)
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
     rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
@@ -170,10 +173,13 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Pat
     return Path(rd.local_path(rel)), train_metrics
 
 
-def _dir_digest(path: Path) -> str:
+def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:
+    """sha256 over the directory's safetensors files in name order, streamed (a 7B export is 15-30 GB)."""
     h = hashlib.sha256()
     for f in sorted(path.glob("*.safetensors")):
-        h.update(f.read_bytes())
+        with f.open("rb") as stream:
+            while block := stream.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

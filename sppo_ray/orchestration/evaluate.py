@@ -20,6 +20,7 @@ import ray
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.stage import run_generation_stage
+from sppo_ray.generation.weights import policy_weights
 from sppo_ray.judging.scoring import judge_rows, prompt_text
 from sppo_ray.judging.stage import RemoteJudge
 from sppo_ray.judging.tables import debiased_table
@@ -101,7 +102,7 @@ def evaluate_session(session, rd, config, held_out: list[Prompt], *, models: lis
         models += [(f"pi_{t + 1}", rd.local_path(f"round_{t}/model"))
                    for t in range(config.iterations) if rd.done(t, "train")]
     restore = session.weights
-    answers = [_answers(session, PolicyWeights(10_000 + i, path=p), held_out, config, best_of)
+    answers = [_answers(session, policy_weights(p, 10_000 + i), held_out, config, best_of)
                for i, (_, p) in enumerate(models)]
     if restore.version != session.weights.version:
         session.broadcast(restore)

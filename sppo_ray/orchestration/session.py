@@ -20,7 +20,7 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.generation.stage import build_generator_actors, push_weights
 from sppo_ray.judging.stage import build_judge_actors
 
-__all__ = ["Session", "init_ray", "load_weights"]
+__all__ = ["Session", "init_ray", "object_store_weights"]
 
 
 def init_ray(config: RunConfig) -> None:
@@ -40,8 +40,12 @@ def init_ray(config: RunConfig) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=True)
 
 
-def load_weights(model_dir: Path, version: int) -> PolicyWeights:
-    """A model directory's state dict as one Ray object owned by the driver (it outlives the train workers)."""
+def object_store_weights(model_dir: Path, version: int) -> PolicyWeights:
+    """A model directory's whole state dict as one Ray object owned by the caller.
+
+    The caller holds the entire model while it puts it: benchmarks use this as the "before" of the driver-free
+    broadcast (``generation.weights.policy_weights``), which the run itself uses.
+    """
     state = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
         state.update(load_file(str(shard)))

@@ -50,11 +50,11 @@ def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: li
     if second_reference:
         ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).eval()
         ref = torch.zeros(len(rows), 2)
-    else:
-        ref = _reference_logps(model, rows, batches, t, pad)
     opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
     optimizer = opt_cls(model.parameters(), lr=t["lr"])
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(t, world))
+    if not second_reference:
+        ref, _ = _reference_logps(engine, rows, batches, t, pad)
     steps = []
     for s in range(len(batches) // acc):
         started = time.perf_counter()

@@ -1,9 +1,11 @@
 """The Ray Train worker loop: DeepSpeed SPPO (or DPO/IPO) update of π_t into π_{t+1}.
 
-Per worker: read its shard of the round's training set, compute reference log-probs with the *starting* weights in
-one no-grad pass (the reference policy of round t is π_t itself, so no second model is kept), then optimise.
+Per worker: load π_t in the training precision (under ZeRO-3 straight into this rank's partition), wrap it in
+DeepSpeed, compute reference log-probs with the *starting* weights in one no-grad pass of the engine's module on its
+device (the reference policy of round t is π_t itself, so no second model is kept), then optimise.
 DeepSpeed checkpoints go through ``ray.train.report`` so a restarted worker group resumes at the last saved step,
-with the saved reference log-probs (the live weights have moved by then).
+with the saved reference log-probs (the live weights have moved by then). Rank 0 exports π_{t+1} in the training
+precision as sharded safetensors.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from sppo_ray.training.batching import PairBatch, collate_pairs, row_token_ids, sequence_logps
 from sppo_ray.training.losses import LOSSES, sppo_targets
 
-__all__ = ["deepspeed_config", "optimizer_step", "train_loop_per_worker"]
+__all__ = ["check_attn_implementation", "deepspeed_config", "optimizer_step", "train_loop_per_worker"]
 
 _TAG = "sppo"  # not "latest": DeepSpeed writes a file of that name beside the tag directory
 
@@ -104,16 +105,28 @@ def _collate(rows, idx, t, pad_id) -> PairBatch:
     return collate_pairs([rows[i]["ids"] for i in idx], t["max_length"], t["max_prompt_length"], pad_id)
 
 
-def _reference_logps(model, rows, batches, t, pad_id) -> torch.Tensor:
-    """One no-grad pass with the starting weights: log π_t of every chosen and rejected response."""
+def _reference_logps(engine, rows, batches, t, pad_id) -> tuple[torch.Tensor, dict[str, Any]]:
+    """log π_t of every chosen and rejected response, and how they were computed.
+
+    Runs before the first step on the DeepSpeed engine's module: on the training device, in the training precision,
+    with ZeRO-3 gathering one layer at a time (on a GPU run a host-side fp32 pass would take days for a 7B model).
+    """
+    module = engine.module
     ref = torch.zeros(len(rows), 2)
-    model.eval()
+    module.eval()
     with torch.no_grad():
         for idx in batches:
-            logps = sequence_logps(model, _collate(rows, idx, t, pad_id)).float().cpu()
+            logps = sequence_logps(module, _collate(rows, idx, t, pad_id)).float().cpu()
             ref[idx, 0], ref[idx, 1] = logps[: len(idx)], logps[len(idx) :]
-    model.train()
-    return ref
+    module.train()
+    return ref, {**_param_info(module), "engine_device": str(engine.device), "rows": len(rows)}
+
+
+def _param_info(module: torch.nn.Module) -> dict[str, Any]:
+    """Where and how a module's weights live: device, dtype, and whether ZeRO-3 partitions them (``ds_id``)."""
+    param = next(module.parameters())
+    return {"device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
+            "zero_partitioned": hasattr(param, "ds_id"), "local_numel": sum(p.numel() for p in module.parameters())}
 
 
 def _loss(t, logps, ref, rows, idx):
@@ -216,24 +229,32 @@ def _export_check(engine, rows, batches, t, pad_id) -> dict[str, Any]:
             "response_mask": batch.response_mask.tolist(), "logps": logps}
 
 
-def _export(engine, tokenizer, zero_stage: int, rank: int, metrics_log: list, check: dict, timer) -> None:
-    """Gather full weights (ZeRO-3 shards them) and report π_{t+1} as an HF directory checkpoint from rank 0."""
-    import deepspeed
+def _full_state_dict(engine, zero_stage: int, rank: int) -> dict[str, torch.Tensor] | None:
+    """π_{t+1}'s weights in the training precision on rank 0's host, None on the other ranks.
+
+    Under ZeRO-3 every rank must take part: DeepSpeed gathers one layer at a time onto rank 0 (its consolidated
+    16-bit state dict). Below ZeRO-3 every rank holds the whole module, already in the training precision.
+    """
+    if zero_stage == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank == 0 else None
+
+
+def _export(engine, tokenizer, t: dict[str, Any], rank: int, files: dict[str, str], timer) -> None:
+    """Report π_{t+1} from rank 0 as an HF directory: safetensors shards of at most ``export_max_shard_gb`` (with an
+    index file when there are several), the tokenizer, and the small JSON ``files``."""
     import ray.train
 
-    model = engine.module
-    params = list(model.parameters())
-    context = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero_stage == 3 else nullcontext()
-    with context:
-        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()} if rank == 0 else None
+    state = _full_state_dict(engine, t["zero_stage"], rank)
     if rank != 0:
         ray.train.report({"exported": 0})
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        engine.module.save_pretrained(tmp, state_dict=state, max_shard_size=int(t["export_max_shard_gb"] * 1e9))
+        del state
         tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "train_metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics_log))
-        (Path(tmp) / "export_check.json").write_text(json.dumps(check))
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
         timer.lap("export")
         (Path(tmp) / "train_phases.json").write_text(json.dumps({k: round(v, 3) for k, v in timer.seconds.items()}))
         ray.train.report({"exported": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -252,12 +273,45 @@ class _PhaseTimer:
         self._last = now
 
 
-def _setup_model(config: dict[str, Any]):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_attn_implementation(name: str) -> None:
+    """Raise a clear error when ``training.attn_implementation`` names a kernel this node cannot run."""
+    import importlib.util
 
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "training.attn_implementation is flash_attention_2, but the flash-attn package is not installed on this "
+            "training node (pip install flash-attn, CUDA only); use attn_implementation: sdpa"
+        )
+
+
+def _setup_model(config: dict[str, Any], ds_config: dict[str, Any]):
+    """(tokenizer, model, keep-alive) with π_t loaded in the training precision.
+
+    Under ZeRO-3 transformers builds the model inside ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` is
+    alive (it is held by weak reference, hence returned): each rank materialises only its partition, never a full
+    copy of the model on the host.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import HfDeepSpeedConfig
+
+    t = config["training"]
+    check_attn_implementation(t["attn_implementation"])
+    keep_alive = None
+    if t["zero_stage"] == 3:
+        import deepspeed
+
+        # the group Ray Train set up; DeepSpeed's config reads the world size from it
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+        keep_alive = HfDeepSpeedConfig(ds_config)
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
-    model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.float32, use_safetensors=True)
-    return tokenizer, model
+    model = AutoModelForCausalLM.from_pretrained(
+        config["model_path"], dtype=torch.bfloat16 if t["precision"] == "bf16" else torch.float32,
+        attn_implementation=t["attn_implementation"], use_safetensors=True,
+    )
+    if t["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
+    return tokenizer, model, keep_alive
 
 
 def _setup_batches(rows, t: dict[str, Any], world: int) -> tuple[list[list[int]], int, int]:
@@ -274,15 +328,13 @@ def _setup_batches(rows, t: dict[str, Any], world: int) -> tuple[list[list[int]]
     return batches[: steps_per_epoch * accumulation], accumulation, steps_per_epoch
 
 
-def _setup_engine(model, t: dict[str, Any], world: int, total_steps: int):
+def _setup_engine(model, t: dict[str, Any], ds_config: dict[str, Any], total_steps: int):
     import deepspeed
 
     opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
     optimizer = opt_cls(model.parameters(), lr=t["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(t, world)
-    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine, scheduler
 
 
@@ -310,21 +362,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     timer = _PhaseTimer()
-    tokenizer, model = _setup_model(config)
+    ds_config = deepspeed_config(t, world)
+    tokenizer, model, _keep_alive = _setup_model(config, ds_config)
+    load_info = _param_info(model)  # before DeepSpeed: what from_pretrained materialised on this rank
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     timer.lap("load_model")
     rows = _load_rows(tokenizer)
     batches, accumulation, steps_per_epoch = _setup_batches(rows, t, world)
     total_steps = steps_per_epoch * t["epochs"]
     timer.lap("load_data")
-    # Reference log-probs before DeepSpeed wraps the model: π_t's weights, one pass, no second model.
+    engine, scheduler = _setup_engine(model, t, ds_config, total_steps)
+    timer.lap("deepspeed_init")
     resume_from = _mid_fit_checkpoint()
-    ref = _reference_logps(model, rows, batches, t, pad_id) if resume_from is None else None
+    # Reference log-probs with π_t's weights, before any step and before a checkpoint is loaded into the engine.
+    ref, ref_info = _reference_logps(engine, rows, batches, t, pad_id) if resume_from is None else (None, {})
     timer.lap("reference_pass")
-    engine, scheduler = _setup_engine(model, t, world, total_steps)
     start_step, saved_ref, metrics_log = _resume(engine, rank, resume_from)
     ref = saved_ref if saved_ref is not None else ref
-    timer.lap("deepspeed_init")
     for epoch in range(t["epochs"]):
         for s in range(steps_per_epoch):
             step = epoch * steps_per_epoch + s + 1
@@ -343,5 +397,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
                 ray.train.report(metrics)
     timer.lap("steps")
     check = _export_check(engine, rows, batches, t, pad_id)
-    _export(engine, tokenizer, t["zero_stage"], rank, metrics_log, check, timer)
+    info = {"load": load_info, "reference_pass": ref_info, "precision": t["precision"], "zero_stage": t["zero_stage"],
+            "gradient_checkpointing": t["gradient_checkpointing"], "attn_implementation": t["attn_implementation"]}
+    _export(engine, tokenizer, t, rank, {"train_metrics.jsonl": "".join(json.dumps(m) + "\n" for m in metrics_log),
+                                         "export_check.json": json.dumps(check), "train_info.json": json.dumps(info)},
+            timer)
     return metrics_log
