@@ -18,7 +18,7 @@ from sppo_ray.config import GenerationConfig, ResourcesConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.actor import GeneratorActor
-from sppo_ray.generation.weights import ShardSource
+from sppo_ray.generation.weights import ShardSource, has_files
 
 __all__ = [
     "GENERATION_SCHEMA",
@@ -101,6 +101,9 @@ def push_weights(generator_actors: list[Any], weights: PolicyWeights) -> list[fl
     if weights.path is not None and weights.files and weights.shard_source is None:
         visible = ray.get([a.can_read.remote(weights.path, weights.files) for a in generator_actors])
         if not all(visible):
+            if not has_files(weights.path, weights.files):
+                raise FileNotFoundError(f"policy v{weights.version}: {weights.path} is readable neither by every "
+                                        "generator nor on this node, so its shards cannot be served")
             source = _shard_source(weights.path)
             try:
                 return _update(generator_actors, dataclasses.replace(weights, shard_source=source))

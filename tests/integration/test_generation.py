@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -87,6 +88,38 @@ def test_update_weights_in_place_changes_and_restores_output(generators, base_st
     assert changed != before
     assert restored == before
     assert {r["policy_version"] for r in rows} == {1}
+
+
+def test_directory_and_pulled_shards_give_the_same_model(generators, base_state, tmp_path):
+    """A policy directory reaches the engine read from disk, or pulled shard by shard when the node cannot see it."""
+    from safetensors.torch import save_file
+
+    from sppo_ray.generation.stage import _shard_source
+    from sppo_ray.generation.weights import policy_weights
+
+    g = torch.Generator().manual_seed(1)
+    perturbed = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.ndim == 2 else v for k, v in base_state.items()}
+    push_weights(generators, PolicyWeights(10, ray.put(perturbed)))
+    expected = ray.get(generators[0].greedy.remote(QUESTION, 16))
+    names = sorted(perturbed)  # two shards, as an export above the shard size writes them
+    save_file({k: perturbed[k].contiguous() for k in names[: len(names) // 2]}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({k: perturbed[k].contiguous() for k in names[len(names) // 2 :]}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    push_weights(generators, PolicyWeights(11, ray.put(base_state)))
+
+    push_weights(generators, policy_weights(tmp_path, 12))  # same node: the engine reads the directory
+    from_disk = ray.get(generators[0].greedy.remote(QUESTION, 16))
+    push_weights(generators, PolicyWeights(13, ray.put(base_state)))
+    unseen = dataclasses.replace(policy_weights(tmp_path, 14), path=str(tmp_path) + "-elsewhere")
+    assert not ray.get(generators[0].can_read.remote(unseen.path, unseen.files))
+    push_weights(generators, dataclasses.replace(unseen, shard_source=_shard_source(str(tmp_path))))
+    pulled = ray.get(generators[0].greedy.remote(QUESTION, 16))
+    assert from_disk == expected and pulled == expected
+    with pytest.raises(FileNotFoundError, match="readable neither by every generator nor on this node"):
+        push_weights(generators, dataclasses.replace(unseen, version=15))
+    with pytest.raises(ray.exceptions.RayTaskError, match="not readable on this generator's node"):
+        ray.get(generators[0].update_weights.remote(15, None, unseen.path, unseen.files, None))
+    assert ray.get(generators[0].greedy.remote(QUESTION, 16)) == expected  # a refused update changes nothing
+    push_weights(generators, PolicyWeights(16, ray.put(base_state)))
 
 
 def _kill_first_generate_process(stop: threading.Event, killed: list[int]) -> None:
