@@ -160,3 +160,29 @@ def test_cli_validate_bad_k(tmp_path, capsys):
 def test_cli_validate_bad_override(capsys):
     assert main(["validate", str(REPO / "jobs" / "tiny-cpu.yaml"), "--set", "training.beta"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["paper-mistral-7b.yaml", "paper-llama3-8b.yaml"])
+def test_paper_configs_use_the_gpu_memory_settings(name):
+    cfg = load_config(REPO / "jobs" / name)
+    t = cfg.training
+    assert (t.precision, t.zero_stage, t.gradient_checkpointing, t.attn_implementation) == ("bf16", 3, True, "sdpa")
+    assert t.export_max_shard_gb <= 5 and cfg.judge.dtype == "bfloat16"
+    assert cfg.generation.enforce_eager is None  # CUDA graphs on GPUs
+
+
+def test_unknown_attention_kernel_names_the_key():
+    with pytest.raises(ConfigError, match=r"training.attn_implementation: .*got 'flash3'"):
+        parse_config({"training": {"attn_implementation": "flash3"}})
+
+
+def test_flash_attention_without_the_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from sppo_ray.training.worker import check_attn_implementation
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "flash_attn" else real(n, *a))
+    with pytest.raises(ValueError, match="training.attn_implementation is flash_attention_2.*pip install flash-attn"):
+        check_attn_implementation("flash_attention_2")
+    check_attn_implementation("sdpa")  # always available
