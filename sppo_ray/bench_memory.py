@@ -1,4 +1,4 @@
-"""`sppo-ray bench memory`: host-memory peaks of the driver and a generator while π_{t+1} is broadcast.
+"""`sppo-ray bench memory`: host-memory peaks of the driver and a generator while π_{t+1} is hashed and broadcast.
 
 A 7-8B policy is 15-30 GB; a driver that reads it whole does not fit a head pod. This measures, on a randomly
 initialised Llama of ~1.1 B parameters built from a config (nothing downloaded), the resident memory (RSS) of the
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import psutil
 
-__all__ = ["RssSampler", "make_random_llama", "measure_broadcasts"]
+__all__ = ["RssSampler", "bench_memory", "make_random_llama", "measure_broadcasts", "measure_hashing"]
 
 # ~1.13 B parameters: 20 layers of width 2048 (TinyLlama's shape with full multi-head attention), SmolLM2's vocab.
 _LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=20, num_attention_heads=32,
@@ -132,6 +132,28 @@ def measure_broadcasts(generator_actor: Any, model_dir: Path) -> dict[str, Any]:
     return out
 
 
+def measure_hashing(model_dir: Path) -> dict[str, Any]:
+    """Driver RSS growth while the manifest hashes the export: streamed (now) vs each file read whole (before)."""
+    import hashlib
+    import os
+
+    from sppo_ray.orchestration.driver import _dir_digest
+
+    def whole_files() -> str:
+        h = hashlib.sha256()
+        for f in sorted(model_dir.glob("*.safetensors")):
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+    out: dict[str, Any] = {}
+    for name, digest in (("streamed", lambda: _dir_digest(model_dir)), ("whole_files", whole_files)):
+        with RssSampler([os.getpid()]) as rss:
+            out[name] = {"sha256": digest()}
+        out[name]["driver_rss_growth_bytes"] = rss.growth(os.getpid())
+    assert out["streamed"]["sha256"] == out["whole_files"]["sha256"]
+    return out
+
+
 def bench_memory(config, plan, out: Path) -> dict[str, Any]:
     """The broadcast memory benchmark on a random ~1.1 B Llama in ``out/random-llama-1b`` (built once)."""
     from sppo_ray.actor_pool import shutdown_pool
@@ -143,6 +165,7 @@ def bench_memory(config, plan, out: Path) -> dict[str, Any]:
     gen_cfg = GenerationConfig(k=2, max_new_tokens=8, max_prompt_tokens=32, dtype="bfloat16")
     actors = build_generator_actors(str(model_dir), gen_cfg, config.resources.model_copy(update={"generators": 1}))
     try:
-        return {"parameters": params, **measure_broadcasts(actors[0], model_dir)}
+        return {"parameters": params, "manifest_hash": measure_hashing(model_dir),
+                **measure_broadcasts(actors[0], model_dir)}
     finally:
         shutdown_pool(actors)
