@@ -138,7 +138,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from sppo_ray.bench import run_benchmarks
+    from sppo_ray.bench.runner import run_benchmarks
 
     run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from sppo_ray.bench_memory import make_random_llama, measure_broadcasts
+from sppo_ray.bench.memory import make_random_llama, measure_broadcasts
 from sppo_ray.config import GenerationConfig, ResourcesConfig
 from sppo_ray.generation.stage import build_generator_actors
 

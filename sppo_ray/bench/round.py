@@ -51,7 +51,7 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
 
 
 def _reference_generate(config: RunConfig, plan, prompts: list[Prompt]) -> list[dict[str, Any]]:
-    from sppo_ray.bench import BareVLLM
+    from sppo_ray.bench.engines import BareVLLM
     from sppo_ray.generation.stage import generator_options
 
     engine = ray.remote(BareVLLM).options(**generator_options(config.resources)).remote(
@@ -80,7 +80,7 @@ def _reference_judge(config: RunConfig, plan, rows: list[dict[str, Any]], train_
 
 
 def _reference_round(config: RunConfig, plan, prompts: list[Prompt], work: Path) -> dict[str, Any]:
-    from sppo_ray.training.bench import bare_fit
+    from sppo_ray.bench.training import bare_fit
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -47,7 +47,7 @@ def make_random_llama(out: Path, tokenizer_dir: Path, shard_gb: float = 1.0, see
     Built in a child process, so the caller's memory never holds the model (callers measure their own RSS).
     """
     if not (out / "params.json").is_file():
-        code = (f"from sppo_ray.bench_memory import _write_random_llama; "
+        code = (f"from sppo_ray.bench.memory import _write_random_llama; "
                 f"_write_random_llama({str(out)!r}, {str(tokenizer_dir)!r}, {shard_gb!r}, {seed!r})")
         subprocess.run([sys.executable, "-c", code], check=True)
     return json.loads((out / "params.json").read_text())["parameters"]

@@ -1,0 +1,53 @@
+"""Bare engines the benchmarks measure the pipeline against (no sppo_ray actor, pool or stage around them)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+__all__ = ["BareVLLM"]
+
+
+class BareVLLM:
+    """A plain vLLM engine in a Ray actor, driven with one `LLM.chat` call: the generation baseline."""
+
+    def __init__(self, model_path: str, cfg) -> None:
+        from sppo_ray.generation.actor import build_engine
+
+        self.llm = build_engine(model_path, cfg)  # the generators' engine settings (and Ray options, see callers)
+        self.cfg = cfg
+
+    def run(self, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
+        from vllm import SamplingParams
+
+        c = self.cfg
+        params = SamplingParams(n=c.k, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
+                                seed=c.seed)
+        started = time.perf_counter()
+        outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(o.token_ids) for out in outputs for o in out.outputs)
+        return {"tokens": tokens, "seconds": seconds}
+
+    def sample_passes(self, prompts: list[tuple[str, list[dict[str, str]]]]) -> list[dict[str, Any]]:
+        """uclaml/SPPO's sampling: one pass over all prompts per sample index j, with seed j; GeneratedPrompt rows."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from sppo_ray.generation.actor import generated_row
+        from sppo_ray.generation.sampling import fit_prompt
+
+        c, tokenizer = self.cfg, self.llm.get_tokenizer()
+        fitted = [(pid, messages, fit_prompt(tokenizer, messages, c.max_prompt_tokens, c.overlong_prompts))
+                  for pid, messages in prompts]
+        fitted = [f for f in fitted if f[2].token_ids is not None]
+        requests = [TokensPrompt(prompt_token_ids=fit.token_ids) for _, _, fit in fitted]
+        passes = [self.llm.generate(requests, SamplingParams(temperature=c.temperature, top_p=c.top_p,
+                                                             max_tokens=c.max_new_tokens, seed=j), use_tqdm=False)
+                  for j in range(c.k)]
+        return [generated_row(pid, json.dumps(messages), fit, [p[n].outputs[0] for p in passes], 0)
+                for n, (pid, messages, fit) in enumerate(fitted)]
+
+    def shutdown(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()

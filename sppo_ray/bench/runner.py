@@ -1,0 +1,72 @@
+"""`sppo-ray bench`: each stage against its bare engine, measured in the same run on the same inputs.
+
+Every figure that matters is a ratio (these machines are noisy; absolute times mean little). Results are printed
+and written as JSON to the output directory, one file per benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sppo_ray.config import load_config
+
+__all__ = ["run_benchmarks"]
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 4 decimals, in nested dicts too (for the printed line; the JSON keeps full precision)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path, *, tiny: bool = False) -> dict:
+    from sppo_ray.orchestration.preflight import plan_run
+    from sppo_ray.orchestration.session import init_ray
+
+    if tiny:
+        overrides = ["generation.max_new_tokens=16", "generation.k=2", *overrides]
+    config = load_config(config_path, overrides)
+    plan = plan_run(config)
+    init_ray(config)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+
+    def keep(name: str, result: dict[str, Any]) -> None:
+        """Write each benchmark's JSON as soon as it is measured: a later benchmark failing loses nothing."""
+        results[name] = {**result, "machine": {"cpus": os.cpu_count()}}
+        (out / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
+        print(f"bench {name}: " + json.dumps(_rounded(results[name])), flush=True)
+
+    n_prompts, repeats = (4, 1) if tiny else (16, 3)
+    if what in ("generation", "judging", "all"):
+        from sppo_ray.bench.generation import bench_generation
+
+        gen = bench_generation(config, plan, n_prompts, repeats)
+        table = gen.pop("generated_table")
+        if what in ("generation", "all"):
+            keep("generation", gen)
+        if what in ("judging", "all"):
+            from sppo_ray.bench.judging import bench_judging
+
+            keep("judging", bench_judging(config, plan, table, repeats))
+    if what in ("weight-sync", "all"):
+        from sppo_ray.bench.weight_sync import bench_weight_sync
+
+        keep("weight_sync", bench_weight_sync(config, plan))
+    if what in ("training", "all"):
+        from sppo_ray.bench.training import bench_training
+
+        keep("training", bench_training(config, plan, out, tiny=tiny))
+    if what == "memory" or (what == "all" and not tiny):  # a 1.1 B model: the integration tests cover it in CI
+        from sppo_ray.bench.memory import bench_memory
+
+        keep("memory", bench_memory(config, plan, out))
+    if what in ("round", "all"):
+        from sppo_ray.bench.round import bench_round
+
+        keep("round", bench_round(config, plan, out, n_prompts=8 if tiny else config.data.prompts_per_iteration))
+    return results
