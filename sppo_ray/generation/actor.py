@@ -11,6 +11,7 @@ from sppo_ray.actor_pool import StaleState
 from sppo_ray.config import GenerationConfig
 from sppo_ray.contracts import GeneratedPrompt
 from sppo_ray.generation.engine_loop import SharedEngine
+from sppo_ray.generation.reload_log import install_reload_filter
 from sppo_ray.generation.sampling import FittedPrompt, fit_prompt, sample_seed
 from sppo_ray.generation.vllm_compat import check_vllm, engine_kwargs
 from sppo_ray.generation.weights import has_files, pulled_weights
@@ -92,9 +93,14 @@ class GeneratorActor:
         self.llm = self.engine.llm
         self.tokenizer = self.llm.get_tokenizer()
         self.startup_seconds = time.perf_counter() - started
+        tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+        self.reload_warnings = install_reload_filter(tied)
 
     def ready(self) -> dict[str, Any]:
-        return {"version": self.version, "startup_seconds": self.startup_seconds, "pid": os.getpid()}
+        """Version held, start-up seconds, process id, and the reload warnings dropped as expected / let through."""
+        return {"version": self.version, "startup_seconds": self.startup_seconds, "pid": os.getpid(),
+                "reload_warnings": {"suppressed": self.reload_warnings.suppressed,
+                                    "logged": self.reload_warnings.passed}}
 
     def generate(
         self, rows: list[dict[str, Any]], iteration: int, expected_version: int, samples: int | None = None

@@ -88,6 +88,9 @@ def test_update_weights_in_place_changes_and_restores_output(generators, base_st
     assert changed != before
     assert restored == before
     assert {r["policy_version"] for r in rows} == {1}
+    # the reloads' expected warnings (rotary cache, tied head) were dropped, and nothing else was warned about
+    warnings = ray.get(generators[0].ready.remote())["reload_warnings"]
+    assert warnings["suppressed"] >= 4 and warnings["logged"] == 0
 
 
 def test_directory_and_pulled_shards_give_the_same_model(generators, base_state, tmp_path):
