@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_config
 from sppo_ray.data.prompts import Prompt
+from sppo_ray.data.trl_format import trl_preference_table
 from sppo_ray.errors import RunStateError
 from sppo_ray.generation.stage import run_generation_stage
 from sppo_ray.judging.stage import build_training_table, run_judging_stage
@@ -154,8 +155,9 @@ def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
     table = build_training_table(generated, judged)
     if table.num_rows == 0:
         raise RunStateError(f"round {t}: the judge found no preference in any prompt; nothing to train on")
-    digest = rd.write_parquet(rel, table)
-    rd.record(t, "dataset", outputs={rel: digest}, seconds=time.perf_counter() - started, rows=table.num_rows,
+    trl_rel = f"round_{t}/train_trl.parquet"  # the same rows as TRL's DPOTrainer reads them
+    outputs = {rel: rd.write_parquet(rel, table), trl_rel: rd.write_parquet(trl_rel, trl_preference_table(table))}
+    rd.record(t, "dataset", outputs=outputs, seconds=time.perf_counter() - started, rows=table.num_rows,
               inputs={**rd.done(t, "generate")["outputs"], **rd.done(t, "judge")["outputs"]})
 
 
