@@ -22,6 +22,7 @@ from sppo_ray.errors import RunStateError
 from sppo_ray.generation.stage import run_generation_stage
 from sppo_ray.judging.stage import build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
+from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stale_local_cluster
 from sppo_ray.orchestration.metrics import RunMetrics
 from sppo_ray.orchestration.preflight import Plan, plan_run
 from sppo_ray.orchestration.rundir import RunDir, changed_keys
@@ -73,8 +74,11 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     check_vllm(check_api=False)  # the generators check the API too; a wrong release fails here, not mid-round
     rd.write_config(config.to_dict())
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
-    init_ray(config)
+    stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
+    started_local = init_ray(config)
     session = Session.start(config, plan.policy_path, plan.judge_path)
+    if started_local:  # after the actors start, so their node's agents are up and recorded too
+        record_local_cluster(rd)
     metrics = RunMetrics(config.name)
     try:
         for t, prompts in enumerate(plan.rounds):

@@ -23,21 +23,22 @@ from sppo_ray.judging.stage import build_judge_actors
 __all__ = ["Session", "init_ray", "object_store_weights"]
 
 
-def init_ray(config: RunConfig) -> None:
-    """Connect to the cluster of ``ray job submit`` (RAY_ADDRESS) or start a local Ray.
+def init_ray(config: RunConfig) -> bool:
+    """Connect to the cluster of ``ray job submit`` (RAY_ADDRESS) or start a local Ray; True if it started one.
 
     On one machine the roles time-share the cores: only one stage is busy at a time, so Ray is given enough
     logical CPUs for every role's reservation (generators + judges + train workers) even on 2 cores.
     """
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-        return
+        return False
     r = config.resources
     need = r.generators * r.generator_cpus + r.judges * r.judge_cpus + r.train_workers * r.train_cpus_per_worker
     num_cpus = r.local_num_cpus or max(os.cpu_count() or 1, int(need + 1.999))
     ray.init(num_cpus=num_cpus, include_dashboard=True)
+    return True
 
 
 def object_store_weights(model_dir: Path, version: int) -> PolicyWeights:
