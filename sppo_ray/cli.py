@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,11 @@ _EPILOG = """examples:
   sppo-ray report runs/tiny-cpu
 
 Errors in configs, prompt files or model paths are reported before any actor starts."""
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="full engine logs (vLLM INFO lines) and Ray Data progress and plans, also off a terminal")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -57,12 +63,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. jobs/tiny-cpu.yaml")
     _add_overrides(p)
     p.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
+    _add_verbose(p)
 
     p = sub.add_parser("resume", help="continue a run from its last finished stage")
     p.add_argument("run_dir", help="run directory of an earlier `run`")
     p.add_argument("--config", help="a changed config to resume with (refused unless --allow-config-change)")
     _add_overrides(p)
     p.add_argument("--allow-config-change", action="store_true", help="resume even though the config changed")
+    _add_verbose(p)
 
     p = sub.add_parser("eval", help="judged pairwise win-rate matrix between models on held-out prompts")
     p.add_argument("run_dir", help="a run directory (its config, held-out prompts and models are used)")
@@ -70,6 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-of", type=int, default=1, help="sample N per prompt, keep the judge's favourite")
     p.add_argument("--prompts", type=int, default=None, help="number of held-out prompts (default: all)")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/eval)")
+    _add_verbose(p)
 
     p = sub.add_parser("report", help="write PNG plots and a Markdown summary of a run")
     p.add_argument("run_dir")
@@ -81,6 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")
     p.add_argument("--tiny", action="store_true", help="smallest sizes (what CI runs)")
     return parser
+    _add_verbose(p)
 
 
 def _cmd_prepare_models(args: argparse.Namespace) -> int:
@@ -157,6 +167,10 @@ _COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        from sppo_ray.orchestration.verbosity import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     from sppo_ray.errors import UserError
 
     try:

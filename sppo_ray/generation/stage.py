@@ -19,6 +19,7 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.actor import GeneratorActor
 from sppo_ray.generation.weights import ShardSource, has_files
+from sppo_ray.orchestration.verbosity import engine_log_env
 
 __all__ = [
     "GENERATION_SCHEMA",
@@ -64,16 +65,17 @@ def engine_threads(res: ResourcesConfig) -> int:
 
 
 def generator_options(res: ResourcesConfig) -> dict[str, Any]:
-    """Ray options of a vLLM engine's actor: its resources and, on CPU, its thread count.
+    """Ray options of a vLLM engine's actor: its resources, vLLM's log level and, on CPU, its thread count.
 
     Ray sets OMP_NUM_THREADS to an actor's CPU reservation (usually 1), which would run the engine on one core. It
     is set for the whole process through the runtime env: every thread of a threaded actor must see the same count
     (vLLM's CPU attention checks it).
     """
-    options: dict[str, Any] = {"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus * res.tensor_parallel}
+    env = engine_log_env()  # vLLM at WARNING unless --verbose
     if not res.generator_gpus:
-        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(engine_threads(res))}}
-    return options
+        env["OMP_NUM_THREADS"] = str(engine_threads(res))
+    return {"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus * res.tensor_parallel,
+            "runtime_env": {"env_vars": env}}
 
 
 def build_generator_actors(model_path: str, cfg: GenerationConfig, res: ResourcesConfig) -> list[Any]:

@@ -19,6 +19,7 @@ from sppo_ray.config import RunConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.generation.stage import build_generator_actors, push_weights
 from sppo_ray.judging.stage import build_judge_actors
+from sppo_ray.orchestration.verbosity import configure_driver_output
 
 __all__ = ["Session", "init_ray", "object_store_weights"]
 
@@ -29,6 +30,7 @@ def init_ray(config: RunConfig) -> bool:
     On one machine the roles time-share the cores: only one stage is busy at a time, so Ray is given enough
     logical CPUs for every role's reservation (generators + judges + train workers) even on 2 cores.
     """
+    configure_driver_output()
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):

@@ -41,7 +41,7 @@ def tiny_run(cli_env, bad_prompts, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny")
     config = write_config(root / "tiny.yaml", root / "run", bad_prompts)
     proc = cli("run", str(config), env=cli_env)
-    return {"dir": root / "run", "config": config, "stdout": proc.stdout, "root": root}
+    return {"dir": root / "run", "config": config, "stdout": proc.stdout, "stderr": proc.stderr, "root": root}
 
 
 @pytest.fixture(scope="session")

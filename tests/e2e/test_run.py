@@ -28,6 +28,16 @@ def test_run_completes_and_records_every_stage(tiny_run):
         assert (tiny_run["dir"] / f"round_{t}" / "model" / "model.safetensors").is_file()
 
 
+def test_output_is_quiet_by_default(tiny_run):
+    """No vLLM INFO lines and no Ray Data progress frames or plans around the round blocks (not a terminal)."""
+    import re
+
+    output = tiny_run["stdout"] + tiny_run["stderr"]
+    assert not re.findall(r"\) INFO \d\d-\d\d \d\d:\d\d:\d\d \[", output)  # vLLM's INFO log format
+    assert "Running Dataset" not in output and "Execution plan" not in output
+    assert tiny_run["stdout"].count("── round") == 2
+
+
 def test_round_two_rows_carry_policy_version_one(tiny_run):
     for name in ("responses", "tables", "train"):
         versions = set(pq.read_table(tiny_run["dir"] / "round_1" / f"{name}.parquet").column("policy_version").to_pylist())

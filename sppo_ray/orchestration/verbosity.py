@@ -1,0 +1,39 @@
+"""How much the engines and Ray Data print: quiet by default, everything with ``--verbose``.
+
+A run's terminal should show the round blocks and the summary. By default vLLM logs warnings only (its INFO lines
+are a few dozen per engine start and reload), Ray Data shows progress bars only on a terminal (in a log file every
+redraw becomes a line) and does not print each execution plan. ``sppo-ray ... --verbose`` (or
+``SPPO_RAY_VERBOSE=1``) brings all of it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+__all__ = ["VERBOSE_ENV", "configure_driver_output", "engine_log_env", "verbose"]
+
+VERBOSE_ENV = "SPPO_RAY_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def engine_log_env() -> dict[str, str]:
+    """Environment for an engine's actor process: vLLM's log level."""
+    return {"VLLM_LOGGING_LEVEL": "INFO" if verbose() else "WARNING"}
+
+
+def configure_driver_output(on_terminal: bool | None = None) -> None:
+    """Ray Data's progress bars and logs for this driver (call before the first dataset runs)."""
+    from ray.data import DataContext
+
+    loud = verbose()
+    bars = loud or (sys.stderr.isatty() if on_terminal is None else on_terminal)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bars
+    ctx.enable_operator_progress_bars = bars
+    ctx.print_on_execution_start = loud
+    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.WARNING)
