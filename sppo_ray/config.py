@@ -22,6 +22,7 @@ __all__ = [
     "ModelsConfig",
     "ResourcesConfig",
     "RunConfig",
+    "TrackingConfig",
     "TrainingConfig",
     "apply_overrides",
     "load_config",
@@ -173,6 +174,19 @@ class ResourcesConfig(_Section):
     local_num_cpus: int = Field(0, ge=0)
 
 
+class TrackingConfig(_Section):
+    # Where training steps, round summaries, evaluation and the report's plots are also logged: "none",
+    # "tensorboard" (event files), "mlflow" (a tracking server or a local file store) or "wandb".
+    kind: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    # TensorBoard log dir, MLflow tracking URI or W&B directory; empty: RUN_DIR/tracking (MLflow: a file store
+    # under it).
+    uri: str = ""
+    # MLflow experiment / W&B project; empty: the run's name.
+    project: str = ""
+    # W&B: "offline" writes files only (`wandb sync` uploads them later); "online" needs WANDB_API_KEY.
+    wandb_mode: Literal["offline", "online"] = "offline"
+
+
 class RunConfig(_Section):
     # Run name, shown in summaries and metrics.
     name: str = "sppo"
@@ -188,6 +202,7 @@ class RunConfig(_Section):
     judge: JudgeConfig = JudgeConfig()
     training: TrainingConfig = TrainingConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "RunConfig":

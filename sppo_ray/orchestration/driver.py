@@ -29,6 +29,7 @@ from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
+from sppo_ray.orchestration.tracking import Tracker, build_tracker, round_metrics, train_step_metrics
 from sppo_ray.training.trainer import run_training
 
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
@@ -80,21 +81,35 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     if started_local:  # after the actors start, so their node's agents are up and recorded too
         record_local_cluster(rd)
     metrics = RunMetrics(config.name)
+    tracker = build_tracker(config.tracking, rd.local_path(""), config.name)
     try:
         for t, prompts in enumerate(plan.rounds):
-            run_round(t, prompts, session, rd, config, metrics)
+            run_round(t, prompts, session, rd, config, metrics, tracker)
         if config.eval_at_end:
             from sppo_ray.orchestration.evaluate import evaluate_session
 
-            evaluate_session(session, rd, config, plan.held_out)
+            result = evaluate_session(session, rd, config, plan.held_out)
+            tracker.log_metrics({f"eval/win_rate_vs_pi_0/{m}": w for m, w in
+                                 zip(result["models"], result["win_rate_vs_first"])}, len(plan.rounds))
         print(summary.run_table(rd.manifest()), flush=True)
+        if config.tracking.kind != "none":  # the report's plots go to the tracker too
+            _track_report(rd, tracker)
     finally:
+        tracker.close()
         session.shutdown()
     return Path(rd.root)
 
 
+def _track_report(rd: RunDir, tracker: Tracker) -> None:
+    from sppo_ray.report import write_report
+
+    report = write_report(Path(rd.local_path("")))
+    for png in sorted(report.parent.glob("*.png")):
+        tracker.log_image(f"report/{png.stem}", png)
+
+
 def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
-              metrics: RunMetrics) -> None:
+              metrics: RunMetrics, tracker: Tracker | None = None) -> None:
     """One SPPO round: π_t samples K responses, the judge fills K×K tables, DeepSpeed fits π_{t+1}, generators get it."""
     manifest = rd.manifest()
     if (finished := manifest["rounds"].get(str(t))) is not None:  # resumed past it: the next generation broadcasts
@@ -118,7 +133,18 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
     rd.record_round(t, round_summary)
     metrics.round_done(round_summary)
+    if tracker is not None:
+        _track_round(t, rd, round_summary, train_metrics, tracker)
     print(summary.round_table(round_summary), flush=True)
+
+
+def _track_round(t: int, rd: RunDir, round_summary: dict[str, Any], train_metrics: list[dict[str, Any]],
+                 tracker: Tracker) -> None:
+    """The round's optimiser steps (counted across rounds) and its summary (at step t)."""
+    offset = sum(rd.done(u, "train")["steps"] for u in range(t))
+    for m in train_metrics:
+        tracker.log_metrics(train_step_metrics(m), offset + m["step"])
+    tracker.log_metrics(round_metrics(round_summary), t)
 
 
 def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig) -> pa.Table:

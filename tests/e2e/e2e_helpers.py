@@ -32,6 +32,7 @@ TINY = {
                  "global_batch_size": 4, "micro_batch_size": 1, "zero_stage": 2, "precision": "fp32",
                  "max_length": 160, "max_prompt_length": 96},
     "resources": {"generators": 1, "judges": 1, "train_workers": 2},
+    "tracking": {"kind": "tensorboard"},
 }
 
 

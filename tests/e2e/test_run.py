@@ -38,6 +38,19 @@ def test_output_is_quiet_by_default(tiny_run):
     assert tiny_run["stdout"].count("── round") == 2
 
 
+def test_tensorboard_holds_steps_rounds_eval_and_plots(tiny_run):
+    from sppo_ray.orchestration.tracking import tensorboard_scalars
+
+    scalars = tensorboard_scalars(tiny_run["dir"] / "tracking")
+    manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
+    steps = [manifest["stages"][f"round_{t}/train"]["steps"] for t in (0, 1)]
+    assert sorted(scalars["train/loss"]) == list(range(1, sum(steps) + 1))  # optimiser steps counted across rounds
+    assert sorted(scalars["round/win_rate_chosen"]) == [0, 1]
+    assert scalars["round/win_rate_chosen"][1] == pytest.approx(manifest["rounds"]["1"]["win_rate_chosen"])
+    assert "eval/win_rate_vs_pi_0/pi_2" in scalars and "seconds/train" in scalars
+    assert {"report/loss", "report/win_rates"} <= set(scalars)
+
+
 def test_round_two_rows_carry_policy_version_one(tiny_run):
     for name in ("responses", "tables", "train"):
         versions = set(pq.read_table(tiny_run["dir"] / "round_1" / f"{name}.parquet").column("policy_version").to_pylist())
