@@ -59,6 +59,16 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--strict", action="store_true", help="also require the models and prompts to be available here")
 
+    p = sub.add_parser("plan", help="per-stage GPUs, memory and time a config needs on a cluster (no GPU needed)")
+    p.add_argument("config", help="YAML config, e.g. jobs/paper-mistral-7b.yaml")
+    _add_overrides(p)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    p.add_argument("--host-memory-gib", type=float, default=None)
+    p.add_argument("--gpu-tflops", type=float, default=312.0, help="bf16 dense peak per GPU (A100 312, H100 989)")
+    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write the plan as JSON")
+
     p = sub.add_parser("run", help="run the SPPO loop described by a config")
     p.add_argument("config", help="YAML config, e.g. jobs/tiny-cpu.yaml")
     _add_overrides(p)
@@ -118,6 +128,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from sppo_ray.config import load_config
+    from sppo_ray.planning import ClusterSpec, architecture_of, make_plan, plan_table
+
+    config = load_config(args.config, args.overrides)
+    cluster = ClusterSpec(args.nodes, args.gpus_per_node, args.gpu_memory_gib, args.host_memory_gib,
+                          gpu_tflops=args.gpu_tflops)
+    plan = make_plan(config, architecture_of(config.models.policy), cluster)
+    print(plan_table(plan))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(plan, indent=2) + "\n")
+    return 0 if plan["fits"] else 3
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from sppo_ray.orchestration.driver import run
 
@@ -157,6 +183,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "prepare-models": _cmd_prepare_models,
     "validate": _cmd_validate,
+    "plan": _cmd_plan,
     "run": _cmd_run,
     "resume": _cmd_resume,
     "eval": _cmd_eval,

@@ -6,6 +6,7 @@ from sppo_ray.config import ConfigError
 from sppo_ray.data.prompts import PromptLoadError
 from sppo_ray.generation.vllm_compat import VLLMVersionError
 from sppo_ray.models import ModelSourceError
+from sppo_ray.planning import PlanError
 
 __all__ = ["RunStateError", "UserError"]
 
@@ -15,4 +16,4 @@ class RunStateError(RuntimeError):
 
 
 # Everything caused by what the user gave us; the CLI prints these without a traceback.
-UserError = (ConfigError, PromptLoadError, ModelSourceError, RunStateError, VLLMVersionError)
+UserError = (ConfigError, PromptLoadError, ModelSourceError, RunStateError, VLLMVersionError, PlanError)
