@@ -102,8 +102,11 @@ class JudgeConfig(_Section):
     table: Literal["debiased", "reference"] = "debiased"
     # "pair": keep the winner and loser of each prompt (the paper); "all": keep all K responses.
     selection: Literal["pair", "all"] = "pair"
-    # Pairs per forward pass.
+    # Pairs per forward pass, at most; batches are also cut at max_batch_tokens.
     batch_size: int = Field(32, ge=1)
+    # Padded tokens per forward pass (pairs x the batch's longest pair): bounds a batch's memory whatever the
+    # lengths, so the longest batch cannot run out of GPU memory. A batch that still does is split and retried.
+    max_batch_tokens: int = Field(16384, ge=64)
     # PairRM truncation (the published model: source 1224, candidate 412 tokens).
     max_source_tokens: int = Field(1224, ge=8)
     max_candidate_tokens: int = Field(412, ge=8)

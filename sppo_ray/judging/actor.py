@@ -49,15 +49,9 @@ class JudgeActor:
         ``batch_size`` overrides the configured pairs per forward pass; 1 scores one pair per call, as uclaml/SPPO
         ranks with PairRM (the benchmarks' reference-style baseline).
         """
-        if batch_size is None:
-            return self.judge.pair_logits(prompts, first, second).tolist()
-        saved, self.judge.batch_size = getattr(self.judge, "batch_size", None), batch_size
-        try:
-            if batch_size == 1:
-                return [float(self.judge.pair_logits([p], [a], [b])[0]) for p, a, b in zip(prompts, first, second)]
-            return self.judge.pair_logits(prompts, first, second).tolist()
-        finally:
-            self.judge.batch_size = saved
+        if batch_size == 1:  # one call per pair, as the reference ranks
+            return [float(self.judge.pair_logits([p], [a], [b], 1)[0]) for p, a, b in zip(prompts, first, second)]
+        return self.judge.pair_logits(prompts, first, second, batch_size).tolist()
 
     def time_pair_logits(self, prompts: list[str], first: list[str], second: list[str], batch_size: int) -> float:
         """Seconds to score these pairs at ``batch_size`` inside the actor (benchmarks: bare engine baselines)."""

@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from sppo_ray.judging.batching import score_in_batches
 
 __all__ = ["LLMJudge", "LengthJudge", "PairJudge", "PairRMJudge", "build_judge", "judge_prompt"]
 
@@ -21,8 +24,11 @@ __all__ = ["LLMJudge", "LengthJudge", "PairJudge", "PairRMJudge", "build_judge",
 class PairJudge(Protocol):
     name: str
 
-    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
-        """Logit that ``first[n]`` beats ``second[n]`` for ``prompts[n]`` (first shown first); shape [N]."""
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+                    max_rows: int | None = None) -> np.ndarray:
+        """Logit that ``first[n]`` beats ``second[n]`` for ``prompts[n]`` (first shown first); shape [N].
+
+        ``max_rows`` caps the pairs per forward pass for this call (model judges; 1 = one pair at a time)."""
 
 
 class LengthJudge:
@@ -32,7 +38,8 @@ class LengthJudge:
         self.sign = 1.0 if prefer == "shorter" else -1.0
         self.name = f"length:{prefer}"
 
-    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+                    max_rows: int | None = None) -> np.ndarray:
         return np.array([self.sign * (len(b) - len(a)) / 10.0 for a, b in zip(first, second)], dtype=np.float64)
 
 
@@ -49,10 +56,18 @@ def judge_prompt(prompt: str, first: str, second: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": _JUDGE_TEMPLATE.format(prompt=prompt, first=first, second=second)}]
 
 
-def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length (longest first), so padding is small and peak memory comes early."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def _padded(rows: list[list[int]], pad: int, left: bool):
+    """(input ids, attention mask) of token rows padded to the longest, on the left or the right."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[n, span] = torch.tensor(r, dtype=torch.long)
+        mask[n, span] = 1
+    return ids, mask
 
 
 class LLMJudge:
@@ -64,7 +79,8 @@ class LLMJudge:
         max_length: pairs longer than this are truncated from the left of the question.
     """
 
-    def __init__(self, model_path: str, batch_size: int = 16, max_length: int = 2048, dtype: str = "float32") -> None:
+    def __init__(self, model_path: str, batch_size: int = 16, max_length: int = 2048, dtype: str = "float32",
+                 max_batch_tokens: int = 16384) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +91,8 @@ class LLMJudge:
             model_path, dtype=getattr(torch, dtype), use_safetensors=True
         ).to(self.device)
         self.model.eval()
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.max_batch_tokens = batch_size, max_length, max_batch_tokens
+        self.lock = threading.Lock()  # one forward at a time; the next batch encodes meanwhile
         self.label_ids = [self._label_id(" A"), self._label_id(" B")]
         self.name = f"llm:{model_path}"
 
@@ -91,23 +108,22 @@ class LLMJudge:
         ids += self.tokenizer.encode(_ANSWER_PREFIX, add_special_tokens=False)
         return ids[-self.max_length :]
 
-    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+                    max_rows: int | None = None) -> np.ndarray:
+        """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward)."""
         torch = self.torch
         encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
-        out = np.zeros(len(encoded), dtype=np.float64)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        for idx in _batches_by_length([len(e) for e in encoded], self.batch_size):
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: the last position is the answer slot for every row
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
-            with torch.no_grad():
+
+        def forward(idx: np.ndarray) -> np.ndarray:
+            ids, mask = _padded([encoded[i] for i in idx], pad, left=True)  # the last position: the answer slot
+            with self.lock, torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, -1]
-            logp = torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids]
-            out[idx] = (logp[:, 0] - logp[:, 1]).cpu().numpy()
-        return out
+                logp = torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids]
+                return (logp[:, 0] - logp[:, 1]).cpu().numpy()
+
+        return score_in_batches([len(e) for e in encoded], self.max_batch_tokens, max_rows or self.batch_size,
+                                forward)
 
 
 def _import_llm_blender_pairrm():
@@ -133,7 +149,7 @@ class PairRMJudge:
 
     def __init__(
         self, model_path: str, batch_size: int = 32, max_source: int = 1224, max_candidate: int = 412,
-        dtype: str = "float32",
+        dtype: str = "float32", max_batch_tokens: int = 16384,
     ) -> None:
         import torch
         from transformers import AutoTokenizer
@@ -145,6 +161,8 @@ class PairRMJudge:
         self.model = pairrm_cls.from_pretrained(model_path, dtype=getattr(torch, dtype), use_safetensors=True)
         self.model.to(self.device).eval()
         self.batch_size, self.max_source, self.max_candidate = batch_size, max_source, max_candidate
+        self.max_batch_tokens = max_batch_tokens
+        self.lock = threading.Lock()  # one forward at a time; the next batch encodes meanwhile
         self.name = f"pairrm:{model_path}"
 
     def _encode(self, prompt: str, first: str, second: str) -> list[int]:
@@ -155,22 +173,21 @@ class PairRMJudge:
         cand2 = enc("<|candidate2|>" + second, max_length=budget, truncation=True)
         return source + cand1 + cand2
 
-    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+    def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
+                    max_rows: int | None = None) -> np.ndarray:
+        """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward)."""
         torch = self.torch
         encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
-        out = np.zeros(len(encoded), dtype=np.float64)
         pad = self.tokenizer.pad_token_id or 0
-        for idx in _batches_by_length([len(e) for e in encoded], self.batch_size):
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
-            with torch.no_grad():
+
+        def forward(idx: np.ndarray) -> np.ndarray:
+            ids, mask = _padded([encoded[i] for i in idx], pad, left=False)
+            with self.lock, torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            out[idx] = logits.float().cpu().numpy().reshape(-1)
-        return out
+                return logits.float().cpu().numpy().reshape(-1)
+
+        return score_in_batches([len(e) for e in encoded], self.max_batch_tokens, max_rows or self.batch_size,
+                                forward)
 
 
 def build_judge(kind: str, model_path: str | None, cfg) -> PairJudge:
@@ -178,7 +195,9 @@ def build_judge(kind: str, model_path: str | None, cfg) -> PairJudge:
     if kind == "length":
         return LengthJudge(cfg.prefer)
     if kind == "llm":
-        return LLMJudge(model_path, cfg.batch_size, cfg.max_source_tokens + 2 * cfg.max_candidate_tokens, cfg.dtype)
+        return LLMJudge(model_path, cfg.batch_size, cfg.max_source_tokens + 2 * cfg.max_candidate_tokens, cfg.dtype,
+                        cfg.max_batch_tokens)
     if kind == "pairrm":
-        return PairRMJudge(model_path, cfg.batch_size, cfg.max_source_tokens, cfg.max_candidate_tokens, cfg.dtype)
+        return PairRMJudge(model_path, cfg.batch_size, cfg.max_source_tokens, cfg.max_candidate_tokens, cfg.dtype,
+                           cfg.max_batch_tokens)
     raise ValueError(f"unknown judge kind {kind!r}")

@@ -43,9 +43,19 @@ JUDGED_SCHEMA = pa.schema(
 )
 
 
+# Batches in flight per judge replica: one in its forward, the next being tokenised.
+CALLS_PER_JUDGE = 2
+
+
 def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesConfig) -> list[Any]:
+    """One judge replica per actor (``resources.judges``, each with ``judge_gpus``), started and ready.
+
+    Each takes two calls at once: the next batch is tokenised while the current one runs its forward (the judges
+    let one forward run at a time).
+    """
     actor_cls = ray.remote(JudgeActor).options(
-        num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0
+        num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0,
+        max_concurrency=CALLS_PER_JUDGE,
     )
     actors = [actor_cls.remote(model_path, cfg, res.actor_threads) for _ in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])
@@ -61,8 +71,8 @@ class RemoteJudge:
     def __init__(self, judge_actor: Any, batch_size: int | None = None) -> None:
         self.actor, self.batch_size, self.name = judge_actor, batch_size, "remote"
 
-    def pair_logits(self, prompts, first, second) -> np.ndarray:
-        ref = self.actor.pair_logits.remote(list(prompts), list(first), list(second), self.batch_size)
+    def pair_logits(self, prompts, first, second, max_rows: int | None = None) -> np.ndarray:
+        ref = self.actor.pair_logits.remote(list(prompts), list(first), list(second), max_rows or self.batch_size)
         return np.asarray(ray.get(ref))
 
 
@@ -81,7 +91,8 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
     rows_per_batch = max(1, cfg.batch_size * 4 // (k * (k - 1)))
     ds = ray.data.from_arrow(generated.select(["prompt_id", "messages_json", "responses", "policy_version"]))
     table, records = stream_through_actors(
-        ds, judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA, batch_size=rows_per_batch
+        ds, judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA, batch_size=rows_per_batch,
+        per_actor=CALLS_PER_JUDGE,
     )
     table = in_order(table, "prompt_id", generated.column("prompt_id").to_pylist())
     return JudgingResult(

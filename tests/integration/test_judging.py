@@ -82,6 +82,36 @@ def test_pairrm_respects_truncation_budget(tmp_path):
     assert len(ids) <= 16 + 2 * 8
 
 
+def test_pairrm_out_of_memory_splits_to_the_same_logits(tmp_path, obvious_pairs, monkeypatch):
+    import torch
+
+    judge = PairRMJudge(str(_tiny_pairrm(tmp_path / "pairrm")), batch_size=8, max_source=64, max_candidate=32)
+    pairs = obvious_pairs[:8]
+    args = ([p["prompt"] for p in pairs], [p["good"] for p in pairs], [p["bad"] for p in pairs])
+    expected = judge.pair_logits(*args)
+    real, rows_seen = judge.model.forward, []
+
+    def tight_memory(input_ids, **kw):  # a GPU that holds 2 pairs at a time
+        rows_seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(judge.model, "forward", tight_memory)
+    assert judge.pair_logits(*args) == pytest.approx(expected, abs=1e-5)
+    assert rows_seen == [8, 4, 2, 2, 4, 2, 2]  # halves until they fit
+
+
+def test_pairrm_in_bfloat16_runs_and_agrees_with_float32(tmp_path, obvious_pairs):
+    path = _tiny_pairrm(tmp_path / "pairrm")
+    pairs = obvious_pairs[:6]
+    args = ([p["prompt"] for p in pairs], [p["good"] for p in pairs], [p["bad"] for p in pairs])
+    fp32 = PairRMJudge(str(path), max_source=64, max_candidate=32).pair_logits(*args)
+    bf16 = PairRMJudge(str(path), max_source=64, max_candidate=32, dtype="bfloat16").pair_logits(*args)
+    assert bf16.dtype == np.float64 and np.isfinite(bf16).all()
+    assert bf16 == pytest.approx(fp32, abs=0.05)
+
+
 def test_llm_judge_prefers_the_right_answer_on_obvious_pairs(embedded_policy, obvious_pairs):
     judge = LLMJudge(str(embedded_policy), batch_size=8)
     prompts = [p["prompt"] for p in obvious_pairs]

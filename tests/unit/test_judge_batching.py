@@ -1,0 +1,52 @@
+"""Token-budget judge batches and the out-of-memory split (sppo_ray/judging/batching.py), hand-made numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sppo_ray.judging.batching import JudgeOutOfMemory, score_in_batches, token_budget_batches
+
+pytestmark = pytest.mark.unit
+
+
+def test_batches_fill_the_token_budget_longest_first():
+    lengths = [10, 100, 30, 40, 100, 5]
+    batches = [b.tolist() for b in token_budget_batches(lengths, max_tokens=200, max_rows=8)]
+    # 100-token rows: 2 fit 200 tokens; then 40 (longest left) allows 5 rows but only 4 remain
+    assert batches == [[1, 4], [3, 2, 0, 5]]
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 200
+    assert [b.tolist() for b in token_budget_batches(lengths, 200, max_rows=3)] == [[1, 4], [3, 2, 0], [5]]
+    assert [b.tolist() for b in token_budget_batches([500, 20], 200, 8)] == [[0], [1]]  # over budget: alone
+
+
+def _forward_failing_above(rows: int, seen: list[int]):
+    def forward(idx: np.ndarray) -> np.ndarray:
+        seen.append(len(idx))
+        if len(idx) > rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.asarray(idx, dtype=np.float64) * 10
+    return forward
+
+
+def test_out_of_memory_splits_and_keeps_every_result_in_place():
+    seen: list[int] = []
+    lengths = [8] * 10
+    out = score_in_batches(lengths, max_tokens=1000, max_rows=16, forward=_forward_failing_above(3, seen))
+    assert out.tolist() == [i * 10.0 for i in range(10)]  # same values, same order as unsplit
+    assert seen[0] == 10 and max(seen[1:]) <= 5 and sum(s for s in seen if s <= 3) == 10
+
+
+def test_a_single_pair_out_of_memory_names_the_length_and_keys():
+    with pytest.raises(JudgeOutOfMemory, match=r"one judge pair of 8 tokens .*judge.max_source_tokens"):
+        score_in_batches([8, 8], 1000, 16, _forward_failing_above(0, []))
+
+
+def test_other_errors_are_not_split():
+    def broken(idx):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        score_in_batches([8, 8], 1000, 16, broken)
