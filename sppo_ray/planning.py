@@ -187,10 +187,9 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
                                                                     * kv_tokens),
                           "total": cluster.gpu_memory_gib * g.gpu_memory_utilization}
     judge_bytes = 2 if cfg.judge.dtype == "bfloat16" else 4
-    judge_act = cfg.judge.max_batch_tokens * PAIRRM_HIDDEN * 34 * 2 if hasattr(cfg.judge, "max_batch_tokens") else (
-        cfg.judge.batch_size * (cfg.judge.max_source_tokens + 2 * cfg.judge.max_candidate_tokens) * PAIRRM_HIDDEN * 34 * 2)
-    memory["judge"] = {"weights": PAIRRM_PARAMS * judge_bytes / GIB, "activations": judge_act / PAIRRM_LAYERS / GIB,
-                       "total": (PAIRRM_PARAMS * judge_bytes + judge_act / PAIRRM_LAYERS) / GIB}
+    judge_act = cfg.judge.max_batch_tokens * PAIRRM_HIDDEN * 34 * judge_bytes  # one layer live in inference
+    memory["judge"] = {"weights": PAIRRM_PARAMS * judge_bytes / GIB, "activations": judge_act / GIB,
+                       "total": (PAIRRM_PARAMS * judge_bytes + judge_act) / GIB}
     for role in ("train", "generate", "judge"):
         if memory[role]["total"] > cluster.gpu_memory_gib:
             problems.append(f"{role}: needs {memory[role]['total']:.1f} GiB per GPU, the GPUs have "
