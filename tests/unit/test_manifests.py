@@ -323,3 +323,48 @@ def test_crd_versions_are_resolved_by_api_version():
         crd_schema(crds["RayJob"], "ray.io/v9")
     with pytest.raises(KeyError):
         crd_schema(crds["RayJob"], "batch/v1")
+
+
+# --- multi-node storage for the GPU manifests ------------------------------------------------------------------
+
+GPU_MANIFESTS = [(p, m) for p, _, m in MANIFESTS if p.name in ("rayjob-paper-gpu.yaml", "raycluster.yaml")]
+PVCS = {d["metadata"]["name"]: d for d in _load_docs(CLUSTER_DIR / "storage" / "paper-pvcs.yaml")}
+SHARED = {"/mnt/runs": ("sppo-runs", "ReadWriteMany", False), "/mnt/models": ("sppo-model-cache", "ReadOnlyMany", True),
+          "/mnt/data": ("sppo-data", "ReadOnlyMany", True)}
+
+
+def _role_pods(manifest):
+    return [(w, pod) for w, pod in _pod_specs(manifest) if w != "submitter"]
+
+
+@pytest.mark.parametrize("path,manifest", GPU_MANIFESTS, ids=[p.name for p, _ in GPU_MANIFESTS])
+def test_every_ray_pod_mounts_the_shared_volumes_at_the_same_paths(path, manifest):
+    assert len(GPU_MANIFESTS) == 2
+    for where, pod in _role_pods(manifest):
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod.get("volumes", [])}
+        mounts = {m["mountPath"]: m for m in pod["containers"][0].get("volumeMounts", [])}
+        for mount_path, (claim, mode, read_only) in SHARED.items():
+            assert mount_path in mounts, f"{path.name} {where}: {mount_path} not mounted"
+            assert claims[mounts[mount_path]["name"]] == claim, f"{path.name} {where}: {mount_path} is not {claim}"
+            assert bool(mounts[mount_path].get("readOnly")) == read_only, f"{path.name} {where}: {mount_path} readOnly"
+            assert PVCS[claim]["spec"]["accessModes"] == [mode], f"{claim} must be {mode}"
+
+
+@pytest.mark.parametrize("path,manifest", GPU_MANIFESTS, ids=[p.name for p, _ in GPU_MANIFESTS])
+def test_pods_have_disk_requests_a_tmp_emptydir_and_the_hf_token(path, manifest):
+    for where, c in _containers(manifest):
+        for part in ("requests", "limits"):
+            assert "ephemeral-storage" in c["resources"][part], f"{path.name} {where}: no ephemeral-storage {part}"
+    for where, pod in _role_pods(manifest):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        ray = pod["containers"][0]
+        tmp = next(m for m in ray["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert "sizeLimit" in volumes[tmp["name"]]["emptyDir"], f"{path.name} {where}: /tmp must be a bounded emptyDir"
+        env = {e["name"]: e for e in ray.get("env", [])}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token", "optional": True}
+        assert env["HF_HOME"]["value"].startswith("/mnt/runs/"), f"{path.name} {where}: hub cache off shared storage"
+
+
+def test_no_stale_weight_sizes_in_the_manifests():
+    for path in MANIFEST_PATHS:
+        assert "14 GB" not in path.read_text(), f"{path.name}: Mistral-7B is 14.5 GB in bf16, 29 GB in fp32"
