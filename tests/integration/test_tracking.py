@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,14 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path, png, monkeypatch):
     where = _log_everything("wandb", tmp_path, png)
     runs = list(where.rglob("offline-run-*"))
     assert len(runs) == 1
-    records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    for key in (b"train/loss", b"train_step", b"round/win_rate_chosen", b"round_step", b"seconds/generate",
-                b"report/loss"):
+    keys = (b"train/loss", b"train_step", b"round/win_rate_chosen", b"round_step", b"seconds/generate",
+            b"report/loss")
+    deadline = time.monotonic() + 60  # W&B's service process may still be writing the run file after finish()
+    while True:
+        records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+        if all(k in records for k in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for key in keys:
         assert key in records
     assert list(runs[0].rglob("media/images/report/loss_*.png"))
