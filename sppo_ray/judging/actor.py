@@ -20,16 +20,17 @@ class JudgeActor:
         model_path: HF directory of the judge model (unused by kind "length").
         cfg: the judge part of the run config.
         threads: torch threads (0: every core of the node).
+        device: "cuda" or "cpu" for the judge model; None: cuda when one is visible.
     """
 
-    def __init__(self, model_path: str | None, cfg: JudgeConfig, threads: int = 0) -> None:
+    def __init__(self, model_path: str | None, cfg: JudgeConfig, threads: int = 0, device: str | None = None) -> None:
         import torch
 
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1); while judging, the other roles are idle.
         torch.set_num_threads(threads or os.cpu_count() or 1)
         started = time.perf_counter()
         self.cfg = cfg
-        self.judge = build_judge(cfg.kind, model_path, cfg)
+        self.judge = build_judge(cfg.kind, model_path, cfg, device)
         self.startup_seconds = time.perf_counter() - started
 
     def ready(self) -> dict[str, Any]:

@@ -56,13 +56,30 @@ def score_in_batches(lengths: Sequence[int], max_tokens: int, max_rows: int,
                      forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``forward(idx)`` over token-budget batches, splitting a batch that runs out of memory; one value per row.
 
+    Args:
+        lengths: token count of each row (pair).
+        max_tokens: most padded tokens per batch (rows x the batch's longest row).
+        max_rows: most rows per batch.
+        forward: the values of the rows ``idx`` (indices into ``lengths``), in that order.
+    Returns:
+        One value per row, in the order of ``lengths``; equal to what unsplit batches give.
     Raises:
-        JudgeOutOfMemory: a single pair runs out of memory.
+        JudgeOutOfMemory: a single pair runs out of memory on its own.
+        Exception: any other error of ``forward``, unchanged (only out-of-memory splits).
     """
     out = np.zeros(len(lengths), dtype=np.float64)
     for idx in token_budget_batches(lengths, max_tokens, max_rows):
         _score_splitting(idx, lengths, forward, out)
     return out
+
+
+def _single_pair_message(tokens: int) -> str:
+    return (
+        f"one judge pair of {tokens} tokens runs out of GPU memory even alone. Shorten pairs with "
+        "judge.max_source_tokens / judge.max_candidate_tokens (a pair has at most max_source_tokens + "
+        "2 x max_candidate_tokens tokens), use judge.dtype: bfloat16, or give each judge a whole GPU "
+        "(resources.judge_gpus: 1); lower judge.max_batch_tokens if other batches come close too."
+    )
 
 
 def _score_splitting(idx: np.ndarray, lengths: Sequence[int], forward, out: np.ndarray) -> None:
@@ -72,12 +89,10 @@ def _score_splitting(idx: np.ndarray, lengths: Sequence[int], forward, out: np.n
     except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; everything else goes up
         if not is_out_of_memory(err):
             raise
-        _free_device_cache()
         if len(idx) == 1:
-            raise JudgeOutOfMemory(
-                f"one judge pair of {int(lengths[idx[0]])} tokens does not fit in GPU memory; lower "
-                "judge.max_source_tokens / judge.max_candidate_tokens, or free the judge's GPU"
-            ) from err
+            raise JudgeOutOfMemory(_single_pair_message(int(lengths[idx[0]]))) from err
+    # Freed only here: inside the except block the error's traceback still holds the failed forward's tensors.
+    _free_device_cache()
     half = len(idx) // 2
     log.warning("judge batch of %d pairs (longest %d tokens) ran out of memory; retrying as %d + %d pairs",
                 len(idx), int(max(lengths[i] for i in idx)), half, len(idx) - half)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Protocol, Sequence
 
@@ -73,19 +74,26 @@ def _padded(rows: list[list[int]], pad: int, left: bool):
 class LLMJudge:
     """A causal LM as a pairwise judge; scores come from the next-token logits of the labels " A" and " B".
 
+    Thread-safe: calls may overlap (the actor takes two); they encode one at a time and run one forward at a time.
+
     Args:
         model_path: HF directory of any causal LM with a chat template.
-        batch_size: pairs per forward pass.
+        batch_size: most pairs per forward pass.
         max_length: pairs longer than this are truncated from the left of the question.
+        dtype: "float32" or "bfloat16" weights; scores are computed in float32 either way.
+        max_batch_tokens: most padded tokens per forward pass (pairs x the batch's longest pair).
+        device: "cuda" or "cpu"; None: cuda when one is visible.
+    Raises:
+        JudgeOutOfMemory: (from ``pair_logits``) a single pair runs out of GPU memory on its own.
     """
 
     def __init__(self, model_path: str, batch_size: int = 16, max_length: int = 2048, dtype: str = "float32",
-                 max_batch_tokens: int = 16384) -> None:
+                 max_batch_tokens: int = 16384, device: str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), use_safetensors=True
@@ -93,6 +101,11 @@ class LLMJudge:
         self.model.eval()
         self.batch_size, self.max_length, self.max_batch_tokens = batch_size, max_length, max_batch_tokens
         self.lock = threading.Lock()  # one forward at a time; the next batch encodes meanwhile
+        self.encode_lock = threading.Lock()  # see PairRMJudge: one tokenizer, two calls in flight
+        # Only the answer slot's logits: the full [rows, width, vocab] tensor would dwarf the activations that
+        # judge.max_batch_tokens budgets (2 GB at 16384 tokens x 32k vocabulary in float32).
+        keeps = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.forward_kwargs = {"logits_to_keep": 1} if keeps else {}
         self.label_ids = [self._label_id(" A"), self._label_id(" B")]
         self.name = f"llm:{model_path}"
 
@@ -112,13 +125,15 @@ class LLMJudge:
                     max_rows: int | None = None) -> np.ndarray:
         """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward)."""
         torch = self.torch
-        encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
+        with self.encode_lock:
+            encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
         def forward(idx: np.ndarray) -> np.ndarray:
             ids, mask = _padded([encoded[i] for i in idx], pad, left=True)  # the last position: the answer slot
             with self.lock, torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, -1]
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    **self.forward_kwargs).logits[:, -1]
                 logp = torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids]
                 return (logp[:, 0] - logp[:, 1]).cpu().numpy()
 
@@ -144,25 +159,40 @@ class PairRMJudge:
 
     Input per pair: ``<|source|>prompt`` (≤ max_source tokens) + ``<|candidate1|>first`` + ``<|candidate2|>second``,
     each encoded with the tokenizer's special tokens; the source's unused budget goes to the candidates, as the
-    published model was used. The output logit > 0 means candidate 1 is preferred.
+    published model was used. The output logit > 0 means candidate 1 is preferred. Thread-safe like
+    :class:`LLMJudge`.
+
+    Args:
+        model_path: HF directory of a DebertaV2PairRM and its tokenizer.
+        batch_size: most pairs per forward pass.
+        max_source: most tokens of the prompt part.
+        max_candidate: most tokens of each response (plus what the prompt leaves unused).
+        dtype: "float32" or "bfloat16" weights; logits are returned as float64 either way.
+        max_batch_tokens: most padded tokens per forward pass (pairs x the batch's longest pair).
+        device: "cuda" or "cpu"; None: cuda when one is visible.
+    Raises:
+        JudgeOutOfMemory: (from ``pair_logits``) a single pair runs out of GPU memory on its own.
     """
 
     def __init__(
         self, model_path: str, batch_size: int = 32, max_source: int = 1224, max_candidate: int = 412,
-        dtype: str = "float32", max_batch_tokens: int = 16384,
+        dtype: str = "float32", max_batch_tokens: int = 16384, device: str | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer
 
         pairrm_cls = _import_llm_blender_pairrm()
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = pairrm_cls.from_pretrained(model_path, dtype=getattr(torch, dtype), use_safetensors=True)
         self.model.to(self.device).eval()
         self.batch_size, self.max_source, self.max_candidate = batch_size, max_source, max_candidate
         self.max_batch_tokens = max_batch_tokens
         self.lock = threading.Lock()  # one forward at a time; the next batch encodes meanwhile
+        # A fast tokenizer keeps its truncation length in the shared backend, and encode(max_length=...) rewrites it:
+        # two calls encoding at once (two in flight per actor) would truncate with each other's lengths.
+        self.encode_lock = threading.Lock()
         self.name = f"pairrm:{model_path}"
 
     def _encode(self, prompt: str, first: str, second: str) -> list[int]:
@@ -177,7 +207,8 @@ class PairRMJudge:
                     max_rows: int | None = None) -> np.ndarray:
         """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward)."""
         torch = self.torch
-        encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
+        with self.encode_lock:
+            encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
         pad = self.tokenizer.pad_token_id or 0
 
         def forward(idx: np.ndarray) -> np.ndarray:
@@ -190,14 +221,15 @@ class PairRMJudge:
                                 forward)
 
 
-def build_judge(kind: str, model_path: str | None, cfg) -> PairJudge:
-    """The judge named by ``cfg.kind`` (``cfg`` is the run config's ``judge`` section)."""
+def build_judge(kind: str, model_path: str | None, cfg, device: str | None = None) -> PairJudge:
+    """The judge named by ``cfg.kind`` (``cfg`` is the run config's ``judge`` section) on ``device`` (None: cuda when
+    one is visible)."""
     if kind == "length":
         return LengthJudge(cfg.prefer)
     if kind == "llm":
         return LLMJudge(model_path, cfg.batch_size, cfg.max_source_tokens + 2 * cfg.max_candidate_tokens, cfg.dtype,
-                        cfg.max_batch_tokens)
+                        cfg.max_batch_tokens, device)
     if kind == "pairrm":
         return PairRMJudge(model_path, cfg.batch_size, cfg.max_source_tokens, cfg.max_candidate_tokens, cfg.dtype,
-                           cfg.max_batch_tokens)
+                           cfg.max_batch_tokens, device)
     raise ValueError(f"unknown judge kind {kind!r}")

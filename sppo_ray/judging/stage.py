@@ -57,7 +57,10 @@ def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesC
         num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0,
         max_concurrency=CALLS_PER_JUDGE,
     )
-    actors = [actor_cls.remote(model_path, cfg, res.actor_threads) for _ in range(res.judges)]
+    # Ray narrows CUDA_VISIBLE_DEVICES to an actor's own GPUs, but leaves it alone for an actor without any: a
+    # judge_gpus 0 judge on a GPU node would see every GPU and take cuda:0 from the role that reserved it.
+    device = "cuda" if res.judge_gpus > 0 else "cpu"
+    actors = [actor_cls.remote(model_path, cfg, res.actor_threads, device) for _ in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])
     return actors
 
@@ -78,9 +81,14 @@ class RemoteJudge:
 
 @dataclass
 class JudgingResult:
+    # JudgedPrompt rows, in the order of the generated prompts.
     table: pa.Table
+    # Ordered pairs judged.
     pairs: int
+    # Wall seconds of the stage.
     seconds: float
+    # Seconds inside the actors' judge_batch calls, summed; two calls overlap per actor, so this can exceed
+    # seconds x judges.
     judge_seconds: float
 
 

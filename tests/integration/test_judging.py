@@ -53,6 +53,42 @@ def _tiny_pairrm(path: Path) -> Path:
     return path
 
 
+def _tiny_llm_judge(path: Path) -> Path:
+    """A randomly initialised 2-layer Llama with a small WordPiece tokenizer and a plain chat template."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from sppo_ray.judging.judges import judge_prompt
+
+    pairs = [json.loads(line) for line in (DATA / "obvious_pairs.jsonl").open()]
+    texts = [judge_prompt(p["prompt"], p["good"], p["bad"])[0]["content"] + " The better response is user assistant"
+             for p in pairs]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts * 3, trainers.WordPieceTrainer(vocab_size=500, special_tokens=["[PAD]", "[UNK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}assistant:{% endif %}")
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         pad_token_id=fast.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_pairrm_path(tmp_path_factory) -> Path:
+    return _tiny_pairrm(tmp_path_factory.mktemp("judges") / "pairrm")
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_path(tmp_path_factory) -> Path:
+    return _tiny_llm_judge(tmp_path_factory.mktemp("judges") / "llm")
+
+
 @pytest.fixture(scope="module")
 def obvious_pairs() -> list[dict[str, str]]:
     return [json.loads(line) for line in (DATA / "obvious_pairs.jsonl").open()]
@@ -112,6 +148,132 @@ def test_pairrm_in_bfloat16_runs_and_agrees_with_float32(tmp_path, obvious_pairs
     assert bf16 == pytest.approx(fp32, abs=0.05)
 
 
+def _pair_args(pairs: list[dict[str, str]]) -> tuple[list[str], list[str], list[str]]:
+    return [p["prompt"] for p in pairs], [p["good"] for p in pairs], [p["bad"] for p in pairs]
+
+
+def _spy_forward(judge, fail_above: int | None = None) -> list[tuple[int, int]]:
+    """Record (rows, width) of every forward of ``judge``; raise CUDA OOM above ``fail_above`` rows (a small GPU)."""
+    import torch
+
+    real, seen = judge.model.forward, []
+
+    def forward(input_ids, **kw):
+        seen.append(tuple(input_ids.shape))
+        if fail_above is not None and input_ids.shape[0] > fail_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(input_ids=input_ids, **kw)
+
+    judge.model.forward = forward  # an instance attribute: this judge object only
+    return seen
+
+
+def test_llm_judge_out_of_memory_splits_to_the_same_logits(tiny_llm_path, obvious_pairs, caplog):
+    judge = LLMJudge(str(tiny_llm_path), batch_size=8)
+    args = _pair_args(obvious_pairs[:8])
+    expected = judge.pair_logits(*args)
+    seen = _spy_forward(judge, fail_above=2)
+    with caplog.at_level("WARNING", logger="sppo_ray.judging.batching"):
+        got = judge.pair_logits(*args)
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # same values, same order as the unsplit batch
+    assert [rows for rows, _ in seen] == [8, 4, 2, 2, 4, 2, 2]
+    assert [r.getMessage().split(";")[0] for r in caplog.records][:1] == [
+        f"judge batch of 8 pairs (longest {seen[0][1]} tokens) ran out of memory"]
+    assert len(caplog.records) == 3  # one line per split: 8 -> 4 + 4, then each 4 -> 2 + 2
+
+
+def test_single_pair_out_of_memory_names_its_length_and_the_keys(tiny_pairrm_path, obvious_pairs):
+    from sppo_ray.judging.batching import JudgeOutOfMemory
+
+    judge = PairRMJudge(str(tiny_pairrm_path), max_source=64, max_candidate=32)
+    args = _pair_args(obvious_pairs[:3])
+    tokens = max(len(judge._encode(*pair)) for pair in zip(*args))
+    _spy_forward(judge, fail_above=0)
+    with pytest.raises(JudgeOutOfMemory, match=rf"pair of {tokens} tokens.*judge.max_source_tokens.*max_batch_tokens"):
+        judge.pair_logits(*args)
+
+
+def test_llm_judge_keeps_only_the_answer_logits(tiny_llm_path, obvious_pairs):
+    judge = LLMJudge(str(tiny_llm_path), batch_size=4)
+    assert judge.forward_kwargs == {"logits_to_keep": 1}
+    args = _pair_args(obvious_pairs[:6])
+    kept = judge.pair_logits(*args)
+    judge.forward_kwargs = {}  # every position's logits, as before
+    np.testing.assert_allclose(judge.pair_logits(*args), kept, atol=1e-6)
+
+
+def test_llm_judge_in_bfloat16_runs_and_agrees_with_float32(tiny_llm_path, obvious_pairs):
+    import torch
+
+    args = _pair_args(obvious_pairs[:8])
+    fp32 = LLMJudge(str(tiny_llm_path), batch_size=4).pair_logits(*args)
+    judge = LLMJudge(str(tiny_llm_path), batch_size=4, dtype="bfloat16")
+    assert judge.model.dtype == torch.bfloat16
+    bf16 = judge.pair_logits(*args)
+    assert bf16.dtype == np.float64 and np.isfinite(bf16).all()
+    np.testing.assert_allclose(bf16, fp32, atol=0.01)  # random weights: logits ~0.1, bf16 differs by ~0.002
+
+
+def test_batches_respect_the_token_budget(tiny_pairrm_path, obvious_pairs):
+    judge = PairRMJudge(str(tiny_pairrm_path), batch_size=8, max_source=64, max_candidate=32, max_batch_tokens=200)
+    args = _pair_args(obvious_pairs)
+    lengths = sorted((len(judge._encode(*pair)) for pair in zip(*args)), reverse=True)
+    seen = _spy_forward(judge)
+    judge.pair_logits(*args)
+    assert sum(rows for rows, _ in seen) == len(lengths)
+    assert all(rows * width <= 200 and rows <= 8 for rows, width in seen)
+    assert [width for _, width in seen] == sorted((w for _, w in seen), reverse=True)  # longest batch first
+    assert seen[0][1] == lengths[0]
+
+
+def test_overlapping_calls_score_like_sequential_ones(tiny_pairrm_path, obvious_pairs):
+    """Two calls in flight on one judge (as in a JudgeActor with max_concurrency 2): each gets its own row cap,
+    the long texts are truncated as when alone, and forwards never overlap."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    judge = PairRMJudge(str(tiny_pairrm_path), batch_size=8, max_source=16, max_candidate=8)
+    long = [(p["prompt"] * 5, p["good"] * 5, p["bad"] * 5) for p in obvious_pairs]  # every part truncated
+    args = tuple(map(list, zip(*long)))
+    alone = {rows: judge.pair_logits(*args, rows) for rows in (1, 8)}
+    real, active, overlaps, guard = judge.model.forward, [0], [0], threading.Lock()
+
+    def forward(**kw):
+        with guard:
+            active[0] += 1
+            overlaps[0] += active[0] > 1
+        try:
+            return real(**kw)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    judge.model.forward = forward
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(judge.pair_logits, *args, rows) for rows in (1, 8, 1, 8)]
+        results = [f.result() for f in futures]
+    for rows, got in zip((1, 8, 1, 8), results):
+        np.testing.assert_allclose(got, alone[rows], atol=1e-6)
+    assert overlaps[0] == 0 and judge.batch_size == 8
+
+
+def test_judge_actor_row_cap_is_per_call(tiny_pairrm_path, obvious_pairs):
+    import torch
+
+    from sppo_ray.judging.actor import JudgeActor
+
+    cfg = JudgeConfig(kind="pairrm", batch_size=8, max_source_tokens=64, max_candidate_tokens=32)
+    # a plain object, no Ray; "cpu" is what build_judge_actors passes for judge_gpus 0
+    actor = JudgeActor(str(tiny_pairrm_path), cfg, threads=torch.get_num_threads(), device="cpu")
+    assert actor.judge.device == "cpu"
+    seen = _spy_forward(actor.judge)
+    args = _pair_args(obvious_pairs[:6])
+    capped = actor.pair_logits(*args, batch_size=2)
+    assert [rows for rows, _ in seen] == [2, 2, 2] and actor.judge.batch_size == 8
+    np.testing.assert_allclose(actor.pair_logits(*args), capped, atol=1e-5)
+    assert [rows for rows, _ in seen[3:]] == [6]
+
+
 def test_llm_judge_prefers_the_right_answer_on_obvious_pairs(embedded_policy, obvious_pairs):
     judge = LLMJudge(str(embedded_policy), batch_size=8)
     prompts = [p["prompt"] for p in obvious_pairs]
@@ -156,3 +318,33 @@ def test_judging_stage_writes_training_set(ray_cluster, tmp_path):
     assert row["rejected"][-1]["content"].startswith("the longest")
     assert row["chosen_probs_win"] > 0.5 > row["chosen_probs_lose"]
     assert 0.5 < row["chosen_probs"] <= 1.0 and row["policy_version"] == 2
+
+
+def test_judging_stage_with_pairrm_equals_a_local_judge(ray_cluster, tiny_pairrm_path, obvious_pairs):
+    """Three batches through one PairRM actor taking two at a time give the tables of an in-process judge."""
+    import pyarrow as pa
+
+    from sppo_ray.actor_pool import shutdown_pool
+    from sppo_ray.generation.stage import GENERATION_SCHEMA
+    from sppo_ray.judging.scoring import judge_rows
+
+    rows = []
+    for n, pair in enumerate(obvious_pairs[:6]):
+        responses = [pair["good"], pair["bad"], pair["good"] + " " + pair["bad"]]
+        rows.append({"prompt_id": f"p{n}", "messages_json": json.dumps([{"role": "user", "content": pair["prompt"]}]),
+                     "prompt_token_ids": [1], "responses": responses, "response_token_ids": [[2], [3], [4]],
+                     "num_tokens": [1, 1, 1], "finish_reasons": ["stop"] * 3, "policy_version": 0, "truncated": False})
+    generated = pa.Table.from_pylist(rows, schema=GENERATION_SCHEMA)
+    # 4 x 4 // 6 = 2 prompts per stage batch: 3 batches, two in flight on the one actor
+    cfg = JudgeConfig(kind="pairrm", batch_size=4, max_source_tokens=64, max_candidate_tokens=32)
+    actors = build_judge_actors(str(tiny_pairrm_path), cfg, ResourcesConfig(judges=1, judge_cpus=0.5))
+    try:
+        judged = run_judging_stage(generated, actors, cfg)
+    finally:
+        shutdown_pool(actors)
+    local = PairRMJudge(str(tiny_pairrm_path), batch_size=4, max_source=64, max_candidate=32)
+    expected = judge_rows(generated.to_pylist(), local, cfg.table, cfg.selection)
+    assert judged.pairs == 6 * 6
+    for got, want in zip(judged.table.to_pylist(), expected):
+        assert got["prompt_id"] == want["prompt_id"] and got["kept"] == want["kept"]
+        np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5)

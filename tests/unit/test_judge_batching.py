@@ -50,3 +50,33 @@ def test_other_errors_are_not_split():
 
     with pytest.raises(ValueError, match="bad input"):
         score_in_batches([8, 8], 1000, 16, broken)
+
+
+def test_batches_cover_every_row_once_within_the_budget():
+    assert token_budget_batches([], 100, 4) == []
+    # equal lengths keep their order (stable sort): 3 rows of 3 tokens, budget 6 -> 2 rows, then 1
+    assert [b.tolist() for b in token_budget_batches([3, 3, 3], 6, 8)] == [[0, 1], [2]]
+    lengths = np.random.default_rng(0).integers(1, 300, 500).tolist()
+    batches = token_budget_batches(lengths, 1024, 16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) <= 16 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 1024)
+
+
+def test_only_the_cuda_out_of_memory_class_counts_as_out_of_memory():
+    from sppo_ray.judging.batching import is_out_of_memory
+
+    assert torch.cuda.OutOfMemoryError is torch.OutOfMemoryError  # present in CPU builds of torch too
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not is_out_of_memory(RuntimeError("CUDA out of memory"))
+    assert not is_out_of_memory(MemoryError())
+
+
+def test_each_split_is_logged_once_with_its_sizes(caplog):
+    seen: list[int] = []
+    with caplog.at_level("WARNING", logger="sppo_ray.judging.batching"):
+        score_in_batches([30, 20, 10, 10], 1000, 16, _forward_failing_above(2, seen))
+    # 4 rows fail -> 2 + 2, both fit: one split
+    assert seen == [4, 2, 2]
+    assert [r.getMessage() for r in caplog.records] == [
+        "judge batch of 4 pairs (longest 30 tokens) ran out of memory; retrying as 2 + 2 pairs"]

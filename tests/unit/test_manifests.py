@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kuberay_schema import crd_schema, validate, validate_manifest  # noqa: E402
+from kuberay_schema import OBJECT_META_SCHEMA, crd_schema, validate, validate_manifest  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -368,3 +368,114 @@ def test_pods_have_disk_requests_a_tmp_emptydir_and_the_hf_token(path, manifest)
 def test_no_stale_weight_sizes_in_the_manifests():
     for path in MANIFEST_PATHS:
         assert "14 GB" not in path.read_text(), f"{path.name}: Mistral-7B is 14.5 GB in bf16, 29 GB in fp32"
+
+
+# --- local disk and the claims' definitions (every manifest) -----------------------------------------------------
+
+STORAGE_DOCS = [(p, d) for p in sorted((CLUSTER_DIR / "storage").glob("*.yaml")) for d in _load_docs(p)]
+ACCESS_MODES = {"ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"}
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def _bytes(quantity: str | int) -> float:
+    """A Kubernetes storage quantity ("150Gi", "500M", 1024) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)", str(quantity))
+    assert m, f"unsupported quantity {quantity!r}"
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def test_bytes_parses_quantities():
+    assert _bytes("150Gi") == 150 * 2**30 and _bytes("1G") == 1e9 and _bytes(512) == 512
+    with pytest.raises(AssertionError):
+        _bytes("4 GB")
+
+
+def _pvc_spec_schema() -> dict[str, Any]:
+    """PersistentVolumeClaimSpec as the RayCluster CRD embeds it (a pod's ephemeral volume claim template)."""
+    pod = _schema({"kind": "RayCluster", "apiVersion": "ray.io/v1"})["properties"]["spec"]["properties"][
+        "headGroupSpec"]["properties"]["template"]["properties"]["spec"]
+    return pod["properties"]["volumes"]["items"]["properties"]["ephemeral"]["properties"]["volumeClaimTemplate"][
+        "properties"]["spec"]
+
+
+def _pvc_errors(doc: dict[str, Any]) -> list[str]:
+    errors = [] if doc.get("apiVersion") == "v1" and doc.get("kind") == "PersistentVolumeClaim" else [
+        f"(root): expected a v1 PersistentVolumeClaim, got {doc.get('apiVersion')}/{doc.get('kind')}"]
+    extra = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
+    errors += [f"{k}: unknown field" for k in sorted(extra)]
+    errors += validate(doc.get("metadata"), OBJECT_META_SCHEMA, "metadata")
+    if not (doc.get("metadata") or {}).get("name"):
+        errors.append("metadata.name: missing required field")
+    spec = doc.get("spec") or {}
+    errors += validate(spec, _pvc_spec_schema(), "spec")
+    modes = spec.get("accessModes") or []
+    errors += [f"spec.accessModes: {m!r} is not one of {sorted(ACCESS_MODES)}" for m in modes if m not in ACCESS_MODES]
+    if not modes:
+        errors.append("spec.accessModes: missing")
+    if "storage" not in spec.get("resources", {}).get("requests", {}):
+        errors.append("spec.resources.requests.storage: missing")
+    return errors
+
+
+def test_storage_claims_are_valid_pvcs_and_define_every_claim_the_manifests_use():
+    assert STORAGE_DOCS, "cluster/storage/ holds no PersistentVolumeClaims"
+    defined = {}
+    for path, doc in STORAGE_DOCS:
+        errors = _pvc_errors(doc)
+        assert errors == [], f"{path.name}:\n" + "\n".join(errors)
+        defined[doc["metadata"]["name"]] = doc
+    used = {v["persistentVolumeClaim"]["claimName"] for _, _, m in MANIFESTS for _, pod in _pod_specs(m)
+            for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+    assert used and used <= set(defined), f"claims used but not defined in cluster/storage/: {used - set(defined)}"
+    # what the runs claim must hold for a 3-round 7-8B run (cluster/README.md: peak ~200 GB while round 2 trains)
+    assert _bytes(defined["sppo-runs"]["spec"]["resources"]["requests"]["storage"]) >= 200e9
+
+
+def test_broken_pvcs_are_caught():
+    good = copy.deepcopy(next(d for _, d in STORAGE_DOCS if d["metadata"]["name"] == "sppo-runs"))
+    assert _pvc_errors(good) == []
+    bad = copy.deepcopy(good)
+    bad["spec"]["accessModes"] = ["ReadWriteMany", "ReadWriteManny"]
+    bad["spec"]["resources"]["requests"]["storage"] = "500 GB"
+    bad["spec"]["storageClass"] = "nfs"
+    bad["kind"] = "PersistentVolume"
+    errs = _pvc_errors(bad)
+    for expected in ("spec.accessModes: 'ReadWriteManny' is not one of", "spec.resources.requests.storage: '500 GB'",
+                     "spec.storageClass: unknown field", "(root): expected a v1 PersistentVolumeClaim"):
+        assert any(e.startswith(expected) for e in errs), (expected, errs)
+
+
+@pytest.mark.parametrize("path,index,manifest", MANIFESTS, ids=MANIFEST_IDS)
+def test_every_container_requests_and_limits_ephemeral_storage(path, index, manifest):
+    containers = list(_containers(manifest))
+    cs = _cluster_spec(manifest)
+    if cs.get("enableInTreeAutoscaling"):
+        containers.append(("autoscaler", {"resources": cs.get("autoscalerOptions", {}).get("resources", {})}))
+    for where, c in containers:
+        res = c.get("resources", {})
+        req, lim = res.get("requests", {}).get("ephemeral-storage"), res.get("limits", {}).get("ephemeral-storage")
+        assert req is not None and lim is not None, f"{path.name} {where}: ephemeral-storage request and limit"
+        assert _bytes(req) <= _bytes(lim), f"{path.name} {where}: ephemeral-storage request {req} > limit {lim}"
+
+
+@pytest.mark.parametrize("path,index,manifest", MANIFESTS, ids=MANIFEST_IDS)
+def test_ray_pods_have_a_bounded_disk_tmp_that_fits_their_ephemeral_limit(path, index, manifest):
+    pods = [(w, pod) for w, pod in _pod_specs(manifest) if w != "submitter"]
+    assert pods
+    for where, pod in pods:
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        ray = pod["containers"][0]
+        tmp = [m for m in ray.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert tmp, f"{path.name} {where}: /tmp is not a mounted volume"
+        empty = volumes[tmp[0]["name"]].get("emptyDir")
+        assert empty is not None, f"{path.name} {where}: /tmp must be an emptyDir"
+        assert empty.get("medium") != "Memory", f"{path.name} {where}: /tmp must be on disk, not in RAM"
+        assert "sizeLimit" in empty, f"{path.name} {where}: /tmp emptyDir needs a sizeLimit"
+        # Disk-backed emptyDirs and the containers' writable layers share the pod's ephemeral-storage limit: leave
+        # room above the emptyDirs, or the kubelet evicts the pod before /tmp is full.
+        on_disk = sum(_bytes(v["emptyDir"]["sizeLimit"]) for v in volumes.values()
+                      if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+        limit = sum(_bytes(c["resources"]["limits"]["ephemeral-storage"]) for c in pod["containers"])
+        assert limit > on_disk, f"{path.name} {where}: ephemeral-storage limit {limit:.3g} <= emptyDirs {on_disk:.3g}"
+        env = {e["name"]: e.get("value") for e in ray.get("env", [])}
+        assert (env.get("XDG_CACHE_HOME") or "").startswith("/tmp/"), f"{path.name} {where}: caches off /tmp"
