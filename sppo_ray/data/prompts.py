@@ -1,7 +1,11 @@
 """Prompt sets: loading (JSONL, Parquet, HF ``datasets`` directories), hygiene, and per-round splits.
 
-Rows that cannot be used (empty, duplicate id, malformed) are skipped, counted and returned as :class:`Reject`
-records with a reason, so a run continues and the user can see what was dropped.
+Rows that cannot be used (empty, duplicate id, malformed, instructions that cannot be checked) are skipped, counted
+and returned as :class:`Reject` records with a reason, so a run continues and the user can see what was dropped.
+
+A row may carry verifiable instructions (``instructions: [{"id": "punctuation:no_comma", "kwargs": {}}, ...]``, or
+IFEval's own ``instruction_id_list`` + ``kwargs`` columns) and a ``split`` of "train" or "eval"; rows marked "eval"
+are the only ones held out for evaluation and never enter a round.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+
+from sppo_ray.instructions import Instruction, InstructionError, instructions_to_json, parse_instructions
 
 __all__ = [
     "Prompt",
@@ -36,6 +42,15 @@ class Prompt:
     id: str
     # Chat messages up to and including the last user turn: ({"role": ..., "content": ...}, ...).
     messages: tuple[dict[str, str], ...]
+    # Verifiable instructions the response must follow (judge.kind verifier, instruction-following evaluation).
+    instructions: tuple[Instruction, ...] = ()
+    # "eval": held out for evaluation only; "train": never held out; "": either (the source marks no splits).
+    split: str = ""
+
+    @property
+    def instructions_json(self) -> str:
+        """The instructions as they travel with a row to the judges ("" for none)."""
+        return instructions_to_json(self.instructions)
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,28 @@ def _messages_from_row(row: dict[str, Any]) -> tuple[dict[str, str], ...]:
     if not prompt.strip():
         raise ValueError("empty prompt")
     return ({"role": "user", "content": prompt},)
+
+
+def _instructions_from_row(row: dict[str, Any]) -> tuple[Instruction, ...]:
+    """A row's instructions: ``instructions`` objects, or IFEval's parallel ``instruction_id_list`` and ``kwargs``."""
+    if row.get("instructions") is not None:
+        return parse_instructions(row["instructions"])
+    ids = row.get("instruction_id_list")
+    if ids is None:
+        return ()
+    kwargs = row.get("kwargs") or [{}] * len(ids)
+    if not isinstance(ids, (list, tuple)) or not isinstance(kwargs, (list, tuple)) or len(kwargs) != len(ids):
+        raise InstructionError("instruction_id_list and kwargs must be lists of the same length")
+    return parse_instructions([{"id": i, "kwargs": k} for i, k in zip(ids, kwargs)])
+
+
+def _split_from_row(row: dict[str, Any]) -> str:
+    split = row.get("split")
+    if split is None:
+        return ""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    return split
 
 
 def _row_id(row: dict[str, Any], messages: tuple[dict[str, str], ...]) -> str:
@@ -167,6 +204,12 @@ def load_prompts(source: str) -> PromptSet:
                 continue
             try:
                 messages = _messages_from_row(row)
+                split = _split_from_row(row)
+                instructions = _instructions_from_row(row)
+            except InstructionError as err:
+                rejects.append(Reject(index, str(row.get("id", row.get("prompt_id", "")) or ""),
+                                      f"bad instructions: {err}"))
+                continue
             except ValueError as err:
                 reason = str(err) if str(err) == "empty prompt" else f"malformed row: {err}"
                 rejects.append(Reject(index, str(row.get("id", row.get("prompt_id", "")) or ""), reason))
@@ -176,7 +219,7 @@ def load_prompts(source: str) -> PromptSet:
                 rejects.append(Reject(index, pid, f"duplicate id {pid} (first at row {first_row[pid]})"))
                 continue
             first_row[pid] = index
-            prompts.append(Prompt(pid, messages))
+            prompts.append(Prompt(pid, messages, instructions, split))
     except (OSError, UnicodeDecodeError) as err:
         raise PromptLoadError(f"cannot read prompt source {source!r}: {err}") from None
     if not prompts:
@@ -190,21 +233,42 @@ def split_prompts(
     """Deterministic disjoint splits: one per round, plus a held-out evaluation split.
 
     The order depends only on the prompt ids and the seed, so adding rows elsewhere in a file does not reshuffle.
+    When the source marks rows ``split: eval``, the held-out split is drawn from those rows only and the rounds from
+    the others (a set without marks splits exactly as before).
 
     Raises:
-        PromptLoadError: fewer prompts than eval_size + iterations x per_iteration.
+        PromptLoadError: fewer prompts than eval_size + iterations x per_iteration (or, with marked rows, fewer
+            eval rows than eval_size or fewer other rows than the rounds need).
     """
+    ordered = sorted(prompts, key=lambda p: p.id)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    shuffled = [ordered[i] for i in perm]
+    marked = [p for p in shuffled if p.split == "eval"]
+    if marked:
+        return _marked_splits(shuffled, marked, per_iteration, iterations, eval_size)
     need = eval_size + iterations * per_iteration
     if len(prompts) < need:
         raise PromptLoadError(
             f"need {need} prompts ({eval_size} held out + {iterations} rounds x {per_iteration}), "
             f"the source has {len(prompts)} usable ones; lower data.prompts_per_iteration or data.eval_prompts"
         )
-    ordered = sorted(prompts, key=lambda p: p.id)
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    shuffled = [ordered[i] for i in perm]
     held_out = shuffled[:eval_size]
     rounds = [
         shuffled[eval_size + t * per_iteration : eval_size + (t + 1) * per_iteration] for t in range(iterations)
     ]
     return rounds, held_out
+
+
+def _marked_splits(shuffled: list[Prompt], marked: list[Prompt], per_iteration: int, iterations: int,
+                   eval_size: int) -> tuple[list[list[Prompt]], list[Prompt]]:
+    train = [p for p in shuffled if p.split != "eval"]
+    if len(marked) < eval_size:
+        raise PromptLoadError(f"data.eval_prompts is {eval_size} but the source marks only {len(marked)} rows "
+                              "split: eval; lower data.eval_prompts")
+    if len(train) < iterations * per_iteration:
+        raise PromptLoadError(
+            f"need {iterations * per_iteration} training prompts ({iterations} rounds x {per_iteration}), the source "
+            f"has {len(train)} usable ones not marked split: eval; lower data.prompts_per_iteration"
+        )
+    rounds = [train[t * per_iteration : (t + 1) * per_iteration] for t in range(iterations)]
+    return rounds, marked[:eval_size]
