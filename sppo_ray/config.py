@@ -44,18 +44,19 @@ class _Section(BaseModel):
 class ModelsConfig(_Section):
     # Policy π_0: "embedded:smollm2-135m-instruct", a local HF directory, or a hub id (downloaded only if reachable).
     policy: str = EMBEDDED_POLICY
-    # Judge model for kind "llm" or "pairrm" (ignored by kind "length"): same forms as policy.
+    # Judge model for kind "llm" or "pairrm" (ignored by kinds "length" and "verifier"): same forms as policy.
     judge: str = EMBEDDED_POLICY
     # Allow custom modelling code from the hub; off unless the user asks.
     trust_remote_code: bool = False
 
 
 class DataConfig(_Section):
-    # "embedded:default" (the shipped prompts), a JSONL/Parquet file, or a local HF `datasets` directory.
+    # "embedded:default" (the shipped prompts), "embedded:verifiable" (prompts with IFEval-style instructions), a
+    # JSONL/Parquet file, or a local HF `datasets` directory.
     prompts: str = EMBEDDED_PROMPTS
     # Prompts used per round; each round takes a fresh disjoint split (the paper uses one split per round).
     prompts_per_iteration: int = Field(64, ge=1)
-    # Prompts held out from every training split, for evaluation.
+    # Prompts held out from every training split, for evaluation (drawn from rows marked split: eval, if any).
     eval_prompts: int = Field(32, ge=0)
     # Seed of the shuffle that assigns prompts to splits.
     split_seed: int = 0
@@ -96,8 +97,10 @@ class GenerationConfig(_Section):
 
 class JudgeConfig(_Section):
     # "pairrm": llm-blender's PairRM; "llm": a causal LM asked which of two responses is better;
-    # "length": a scripted judge that prefers shorter (or longer) responses, for checking that the loop learns.
-    kind: Literal["pairrm", "llm", "length"] = "llm"
+    # "length": a scripted judge that prefers shorter (or longer) responses, for checking that the loop learns;
+    # "verifier": IFEval's instruction checkers on prompts that carry instructions (e.g. data.prompts:
+    # embedded:verifiable); a response scores the fraction of its prompt's instructions it follows.
+    kind: Literal["pairrm", "llm", "length", "verifier"] = "llm"
     # "debiased": P[i,j] = (σ(l_ij) + σ(-l_ji))/2, a true pairwise table; "reference": uclaml/SPPO's rank-score table.
     table: Literal["debiased", "reference"] = "debiased"
     # "pair": keep the winner and loser of each prompt (the paper); "all": keep all K responses.
@@ -113,6 +116,19 @@ class JudgeConfig(_Section):
     # For kind "length": which length wins (logit = difference in characters / 10).
     prefer: Literal["shorter", "longer"] = "shorter"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # For kind "verifier": P(i ≻ j) = σ((s_i − s_j)/tau). 0.25 keeps one instruction's difference a clear but
+    # unsaturated preference (Δs = 1/3: 0.79, 1/2: 0.88, 1: 0.98), in the range PairRM gives clear pairs.
+    tau: float = Field(0.25, gt=0.0)
+    # For kind "verifier": IFEval's "strict" check, or "loose" (also passes if the answer does once its first or
+    # last line or its asterisks are dropped), which credits a small model's "Sure! Here is..." opening line.
+    verifier_mode: Literal["strict", "loose"] = "loose"
+
+    @model_validator(mode="after")
+    def _verifier_table(self) -> "JudgeConfig":
+        if self.kind == "verifier" and self.table != "debiased":
+            raise ValueError("judge.kind verifier needs judge.table: debiased (its table is σ((s_i − s_j)/tau); "
+                             "the reference table would double the logits)")
+        return self
 
 
 class TrainingConfig(_Section):

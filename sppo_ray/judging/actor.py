@@ -44,15 +44,18 @@ class JudgeActor:
         return {"rows": out, "records": [{"pairs": pairs, "seconds": time.perf_counter() - started}]}
 
     def pair_logits(self, prompts: list[str], first: list[str], second: list[str],
-                    batch_size: int | None = None) -> list[float]:
+                    batch_size: int | None = None, instructions: list[str | None] | None = None) -> list[float]:
         """Raw logits for arbitrary pairs (evaluation and benchmarks use this).
 
         ``batch_size`` overrides the configured pairs per forward pass; 1 scores one pair per call, as uclaml/SPPO
-        ranks with PairRM (the benchmarks' reference-style baseline).
+        ranks with PairRM (the benchmarks' reference-style baseline). ``instructions``: each pair's prompt's
+        instructions as JSON (the verifier judge needs them; the others ignore them).
         """
         if batch_size == 1:  # one call per pair, as the reference ranks
-            return [float(self.judge.pair_logits([p], [a], [b], 1)[0]) for p, a, b in zip(prompts, first, second)]
-        return self.judge.pair_logits(prompts, first, second, batch_size).tolist()
+            ins = instructions or [None] * len(prompts)
+            return [float(self.judge.pair_logits([p], [a], [b], 1, instructions=[i])[0])
+                    for p, a, b, i in zip(prompts, first, second, ins)]
+        return self.judge.pair_logits(prompts, first, second, batch_size, instructions=instructions).tolist()
 
     def time_pair_logits(self, prompts: list[str], first: list[str], second: list[str], batch_size: int) -> float:
         """Seconds to score these pairs at ``batch_size`` inside the actor (benchmarks: bare engine baselines)."""

@@ -7,6 +7,8 @@
   table carries signal, and that signal is faint.
 - :class:`LengthJudge`: scripted, prefers the shorter (or longer) response; a judge of known taste for checking that
   the loop moves the policy the way the judge prefers.
+- :class:`~sppo_ray.judging.verifier.VerifierJudge`: IFEval's instruction checkers on prompts that carry
+  instructions; the only judge that reads ``instructions``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ class PairJudge(Protocol):
     name: str
 
     def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
-                    max_rows: int | None = None) -> np.ndarray:
+                    max_rows: int | None = None, instructions: Sequence[str | None] | None = None) -> np.ndarray:
         """Logit that ``first[n]`` beats ``second[n]`` for ``prompts[n]`` (first shown first); shape [N].
 
-        ``max_rows`` caps the pairs per forward pass for this call (model judges; 1 = one pair at a time)."""
+        ``max_rows`` caps the pairs per forward pass for this call (model judges; 1 = one pair at a time).
+        ``instructions[n]``: the verifiable instructions of ``prompts[n]`` as JSON, or None; only the verifier reads
+        them."""
 
 
 class LengthJudge:
@@ -40,7 +44,7 @@ class LengthJudge:
         self.name = f"length:{prefer}"
 
     def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
-                    max_rows: int | None = None) -> np.ndarray:
+                    max_rows: int | None = None, instructions: Sequence[str | None] | None = None) -> np.ndarray:
         return np.array([self.sign * (len(b) - len(a)) / 10.0 for a, b in zip(first, second)], dtype=np.float64)
 
 
@@ -122,8 +126,9 @@ class LLMJudge:
         return ids[-self.max_length :]
 
     def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
-                    max_rows: int | None = None) -> np.ndarray:
-        """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward)."""
+                    max_rows: int | None = None, instructions: Sequence[str | None] | None = None) -> np.ndarray:
+        """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward).
+        ``instructions`` are ignored: the model judges what it reads."""
         torch = self.torch
         with self.encode_lock:
             encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
@@ -204,8 +209,9 @@ class PairRMJudge:
         return source + cand1 + cand2
 
     def pair_logits(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
-                    max_rows: int | None = None) -> np.ndarray:
-        """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward)."""
+                    max_rows: int | None = None, instructions: Sequence[str | None] | None = None) -> np.ndarray:
+        """Logits for each pair; ``max_rows`` overrides ``batch_size`` for this call (1: one pair per forward).
+        ``instructions`` are ignored: the model judges what it reads."""
         torch = self.torch
         with self.encode_lock:
             encoded = [self._encode(p, a, b) for p, a, b in zip(prompts, first, second)]
@@ -226,6 +232,10 @@ def build_judge(kind: str, model_path: str | None, cfg, device: str | None = Non
     one is visible)."""
     if kind == "length":
         return LengthJudge(cfg.prefer)
+    if kind == "verifier":
+        from sppo_ray.judging.verifier import VerifierJudge
+
+        return VerifierJudge(cfg.tau, cfg.verifier_mode)
     if kind == "llm":
         return LLMJudge(model_path, cfg.batch_size, cfg.max_source_tokens + 2 * cfg.max_candidate_tokens, cfg.dtype,
                         cfg.max_batch_tokens, device)

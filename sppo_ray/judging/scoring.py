@@ -30,21 +30,23 @@ def judge_rows(rows: list[dict[str, Any]], judge: PairJudge, table_mode: str, se
     """Judge every ordered pair of each row's K responses in one packed call, then build tables and selections.
 
     Args:
-        rows: GeneratedPrompt rows (``prompt_id``, ``messages_json``, ``responses``, ``policy_version``).
+        rows: GeneratedPrompt rows (``prompt_id``, ``messages_json``, ``responses``, ``policy_version``), and the
+            prompt's instructions as JSON in ``instructions_json`` when it has any (the verifier judge's input).
         table_mode: "debiased" or "reference" (see :mod:`sppo_ray.judging.tables`).
         selection: "pair" or "all".
     Returns:
         JudgedPrompt rows, one per input row.
     """
-    prompts, first, second, owners = [], [], [], []
+    prompts, first, second, instructions, owners = [], [], [], [], []
     for n, row in enumerate(rows):
         text, responses = prompt_text(json.loads(row["messages_json"])), row["responses"]
         for i, j in ordered_pairs(len(responses)):
             prompts.append(text)
             first.append(responses[i])
             second.append(responses[j])
+            instructions.append(row.get("instructions_json") or None)
             owners.append((n, i, j))
-    flat = judge.pair_logits(prompts, first, second) if prompts else np.zeros(0)
+    flat = judge.pair_logits(prompts, first, second, instructions=instructions) if prompts else np.zeros(0)
     matrices = [np.zeros((len(r["responses"]),) * 2) for r in rows]
     for (n, i, j), value in zip(owners, flat):
         matrices[n][i, j] = value

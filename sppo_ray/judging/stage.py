@@ -74,8 +74,9 @@ class RemoteJudge:
     def __init__(self, judge_actor: Any, batch_size: int | None = None) -> None:
         self.actor, self.batch_size, self.name = judge_actor, batch_size, "remote"
 
-    def pair_logits(self, prompts, first, second, max_rows: int | None = None) -> np.ndarray:
-        ref = self.actor.pair_logits.remote(list(prompts), list(first), list(second), max_rows or self.batch_size)
+    def pair_logits(self, prompts, first, second, max_rows: int | None = None, instructions=None) -> np.ndarray:
+        ref = self.actor.pair_logits.remote(list(prompts), list(first), list(second), max_rows or self.batch_size,
+                                            None if instructions is None else list(instructions))
         return np.asarray(ray.get(ref))
 
 
@@ -92,12 +93,21 @@ class JudgingResult:
     judge_seconds: float
 
 
-def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeConfig) -> JudgingResult:
-    """Judge every generated row; prompts per batch = pairs per batch / (K(K−1)), at least 1."""
+def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeConfig,
+                      instructions: dict[str, str] | None = None) -> JudgingResult:
+    """Judge every generated row; prompts per batch = pairs per batch / (K(K−1)), at least 1.
+
+    ``instructions`` maps a prompt id to its instructions as JSON; they travel with the rows to the judges (the
+    verifier judge checks responses against them).
+    """
     started = time.perf_counter()
     k = len(generated.column("responses")[0].as_py()) if generated.num_rows else 2
     rows_per_batch = max(1, cfg.batch_size * 4 // (k * (k - 1)))
-    ds = ray.data.from_arrow(generated.select(["prompt_id", "messages_json", "responses", "policy_version"]))
+    rows = generated.select(["prompt_id", "messages_json", "responses", "policy_version"])
+    if instructions:
+        rows = rows.append_column("instructions_json", pa.array(
+            [instructions.get(pid, "") for pid in rows.column("prompt_id").to_pylist()], pa.string()))
+    ds = ray.data.from_arrow(rows)
     table, records = stream_through_actors(
         ds, judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA, batch_size=rows_per_batch,
         per_actor=CALLS_PER_JUDGE,

@@ -121,7 +121,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     with timer("generate"):
         generated = _generate(t, prompts, session, rd, config)
     with timer("judge"):
-        judged = _judge(t, generated, session, rd, config)
+        judged = _judge(t, prompts, generated, session, rd, config)
     with timer("dataset"):
         _dataset(t, generated, judged, rd)
     with timer("train"):
@@ -165,11 +165,13 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     return result.table
 
 
-def _judge(t: int, generated: pa.Table, session: Session, rd: RunDir, config: RunConfig) -> pa.Table:
+def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session, rd: RunDir,
+           config: RunConfig) -> pa.Table:
     rel = f"round_{t}/tables.parquet"
     if rd.done(t, "judge"):
         return rd.read_parquet(rel)
-    result = run_judging_stage(generated, session.judge_actors, config.judge)
+    instructions = {p.id: p.instructions_json for p in prompts if p.instructions}  # for the verifier judge
+    result = run_judging_stage(generated, session.judge_actors, config.judge, instructions)
     digest = rd.write_parquet(rel, result.table)
     rd.record(t, "judge", outputs={rel: digest}, seconds=result.seconds, pairs=result.pairs,
               inputs=rd.done(t, "generate")["outputs"],

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sppo_ray.config import RunConfig, load_config
-from sppo_ray.data.prompts import Prompt, PromptSet, load_prompts, split_prompts
+from sppo_ray.data.prompts import Prompt, PromptLoadError, PromptSet, load_prompts, split_prompts
 from sppo_ray.models import resolve_model
 
 __all__ = ["Plan", "plan_run", "preflight"]
@@ -18,7 +18,7 @@ class Plan:
 
     config: RunConfig
     policy_path: Path
-    # None for the scripted length judge, which needs no model.
+    # None for the scripted length judge and the verifier, which need no model.
     judge_path: Path | None
     prompt_set: PromptSet
     rounds: list[list[Prompt]]
@@ -47,11 +47,14 @@ def plan_run(config: RunConfig, *, download: bool = True) -> Plan:
     """Resolve models and prompts for a validated config.
 
     Raises:
-        ModelSourceError, PromptLoadError: naming the model path or prompt file and what is wrong.
+        ModelSourceError, PromptLoadError: naming the model path or prompt file and what is wrong (also: the
+            verifier judge on prompts without instructions).
     """
     policy = resolve_model(config.models.policy, download=download)
-    judge = None if config.judge.kind == "length" else resolve_model(config.models.judge, download=download)
+    modelless = config.judge.kind in ("length", "verifier")
+    judge = None if modelless else resolve_model(config.models.judge, download=download)
     prompt_set = load_prompts(config.data.prompts)
+    _check_verifiable(config, prompt_set)
     rounds, held_out = split_prompts(
         prompt_set.prompts,
         per_iteration=config.data.prompts_per_iteration,
@@ -60,6 +63,19 @@ def plan_run(config: RunConfig, *, download: bool = True) -> Plan:
         seed=config.data.split_seed,
     )
     return Plan(config, policy, judge, prompt_set, rounds, held_out)
+
+
+def _check_verifiable(config: RunConfig, prompt_set: PromptSet) -> None:
+    """The verifier judge can only judge prompts that carry instructions: every one must."""
+    if config.judge.kind != "verifier":
+        return
+    bare = [p.id for p in prompt_set.prompts if not p.instructions]
+    if bare:
+        raise PromptLoadError(
+            f"judge.kind verifier needs instructions on every prompt; {len(bare)} of {len(prompt_set.prompts)} "
+            f"prompts from {prompt_set.source!r} have none (first: {bare[0]}). Use data.prompts: embedded:verifiable "
+            "or rows with an 'instructions' field"
+        )
 
 
 def preflight(config_path: str, overrides: list[str] | None = None) -> Plan:
