@@ -128,6 +128,48 @@ def _lengths(rounds, manifest, path: Path) -> None:
     plt.close(fig)
 
 
+def _instruction_following(following: dict[str, Any], path: Path) -> None:
+    """Loose accuracy per instruction type against the round of the model, one panel per decoding, with the
+    prompt-level accuracies (strict and loose) in black."""
+    plt = _plt()
+    models = list(following["models"])
+    decodings = list(next(iter(following["models"].values())))
+    types = sorted({t for m in following["models"].values() for d in m.values() for t in d["per_type"]})
+    colors = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, len(decodings), figsize=(6 * len(decodings) + 3, 4.5), sharey=True, squeeze=False)
+    x = list(range(len(models)))
+    for ax, decoding in zip(axes[0], decodings):
+        for n, iid in enumerate(types):
+            ys = [following["models"][m][decoding]["per_type"].get(iid, {}).get("loose", float("nan")) for m in models]
+            ax.plot(x, ys, "o-", ms=3, lw=1, color=colors(n % 20), label=iid)
+        for key, style in (("prompt_loose", "s-"), ("prompt_strict", "s--")):
+            ax.plot(x, [following["models"][m][decoding][key] for m in models], style, color="black", lw=2.2,
+                    label=key.replace("_", "-level "))
+        ax.set_xticks(x, models)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("model (π_t after t rounds)")
+        ax.set_title(f"{decoding} answers, {following['prompts']} held-out prompts")
+    axes[0][0].set_ylabel("accuracy (per type: loose)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Held-out instruction following per round (IFEval checks)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _instruction_following_lines(following: dict[str, Any]) -> list[str]:
+    lines = ["## Held-out instruction following", "",
+             f"{following['prompts']} held-out prompts with verifiable instructions (IFEval's checks; "
+             "`eval/instruction_following.json` has every instruction type).", "",
+             "| model | decoding | prompt strict | prompt loose | instruction strict | instruction loose |",
+             "|---|---|---|---|---|---|"]
+    for model, by_decoding in following["models"].items():
+        for decoding, a in by_decoding.items():
+            lines.append(f"| {model} | {decoding} | {a['prompt_strict']:.3f} | {a['prompt_loose']:.3f} |"
+                         f" {a['instruction_strict']:.3f} | {a['instruction_loose']:.3f} |")
+    return lines + ["", "![instruction following](instruction_following.png)", ""]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write RUN_DIR/report/{report.md, *.png}; returns the Markdown path."""
     from sppo_ray.errors import RunStateError
@@ -163,5 +205,10 @@ def write_report(run_dir: Path) -> Path:
             lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
         if (run_dir / "eval" / "heatmap.png").is_file():
             lines += ["", "![win-rate matrix](../eval/heatmap.png)"]
+    following_file = run_dir / "eval" / "instruction_following.json"
+    if following_file.is_file():
+        following = json.loads(following_file.read_text())
+        _instruction_following(following, out / "instruction_following.png")
+        lines += [""] + _instruction_following_lines(following)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["round_summary", "round_table", "run_table"]
+__all__ = ["instruction_following_table", "round_summary", "round_table", "run_table"]
 
 _PHASES = ("generate", "judge", "dataset", "train", "broadcast")
 
@@ -83,4 +83,20 @@ def run_table(manifest: dict[str, Any]) -> str:
             f"{m} {w:.3f}" for m, w in zip(ev["models"], ev["win_rate_vs_first"])))
         lines.append("held-out mean response tokens: " + ", ".join(
             f"{m} {n:.1f}" for m, n in zip(ev["models"], ev["mean_response_tokens"])))
+    if ev and ev.get("instruction_following"):
+        lines += instruction_following_table(ev["instruction_following"])
     return "\n".join(lines)
+
+
+def instruction_following_table(following: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Lines of IFEval's accuracies per model and decoding ({model: {decoding: accuracies}})."""
+    first = next(iter(next(iter(following.values())).values()))
+    lines = [f"held-out instruction following ({first['prompts']} prompts, {first['instructions']} instructions;"
+             " IFEval accuracy):",
+             f"  {'model':<6} {'decoding':<10} {'prompt strict':>13} {'prompt loose':>12} {'instr strict':>12}"
+             f" {'instr loose':>11}"]
+    for model, by_decoding in following.items():
+        for decoding, a in by_decoding.items():
+            lines.append(f"  {model:<6} {decoding:<10} {a['prompt_strict']:>13.3f} {a['prompt_loose']:>12.3f}"
+                         f" {a['instruction_strict']:>12.3f} {a['instruction_loose']:>11.3f}")
+    return lines
