@@ -81,6 +81,13 @@ class GenerationConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     # Run vLLM without CUDA graphs. None: eager on CPU (required there), CUDA graphs on GPUs (faster decoding).
     enforce_eager: bool | None = None
+    # vLLM sleep level of a generator while others use its GPU (colocated layout on GPUs): 1 keeps the weights in
+    # host memory (one copy per engine), 2 discards them (the next broadcast loads new ones anyway). No-op on CPU.
+    sleep_level: Literal[1, 2] = 1
+    # How π_{t+1} reaches the generators: "nccl" from DeepSpeed rank 0 through vLLM's weight-transfer API at the end
+    # of the fit (GPU training and generators), "files" from the exported directory; "auto": nccl when both train
+    # and generate on GPUs. The export is written either way (resume, users) and is the fallback if NCCL fails.
+    weight_sync: Literal["auto", "nccl", "files"] = "auto"
     # Prompts handed to one generator actor per call (at most; a round's prompts are split so that every generator
     # gets at least two calls). A generator runs two calls at once in one engine, so calls can be small.
     batch_size: int = Field(16, ge=1)
@@ -183,6 +190,13 @@ class ResourcesConfig(_Section):
     judge_gpus: float = Field(0, ge=0)
     train_cpus_per_worker: float = Field(1, gt=0)
     train_use_gpu: bool = False
+    # "colocated": one Ray placement-group bundle per GPU (or per CPU slot), each holding a generator, a judge
+    # replica and (beside the group, on the rest of the same GPU) a train worker; every stage uses every GPU and the
+    # idle roles sleep (see orchestration/colocation.py). "disaggregated": each role holds its own devices for the
+    # whole run. Default: colocated when training uses GPUs, else disaggregated.
+    layout: Literal["colocated", "disaggregated"] | None = None
+    # Per-GPU memory (GiB) of the cluster's GPUs, for the plan that `sppo-ray run` checks before starting actors.
+    gpu_memory_gib: float = Field(80.0, gt=0)
     # Torch threads of each vLLM engine (CPU) and each judge. 0: a judge uses every core of its node; on a one-node
     # cluster the generators share the node's cores, on larger clusters each uses generator_cpus. Roles
     # time-share the cores on a small machine, so the active stage should use them all although each role
@@ -191,6 +205,39 @@ class ResourcesConfig(_Section):
     # Logical CPUs for a local Ray started by the driver (0: max(cores, what the roles reserve)); roles time-share
     # the cores on a small machine because only one stage is busy at a time.
     local_num_cpus: int = Field(0, ge=0)
+
+    @property
+    def placement(self) -> str:
+        """The layout in effect ("colocated" or "disaggregated")."""
+        return self.layout or ("colocated" if self.train_use_gpu else "disaggregated")
+
+    @property
+    def train_gpu_share(self) -> float:
+        """GPU fraction of each train worker: a whole GPU, or in the colocated layout what the bundle leaves."""
+        if not self.train_use_gpu:
+            return 0.0
+        return 1.0 - self.generator_gpus - self.judge_gpus if self.placement == "colocated" else 1.0
+
+    @model_validator(mode="after")
+    def _colocation_fits(self) -> "ResourcesConfig":
+        if self.placement != "colocated":
+            return self
+        n = self.train_workers
+        if self.tensor_parallel != 1:
+            raise ValueError("resources.tensor_parallel must be 1 in the colocated layout (one engine per GPU "
+                             "bundle); use layout: disaggregated for tensor-parallel engines")
+        if self.generators != n or self.judges > n:
+            raise ValueError(f"resources: the colocated layout puts one generator and at most one judge on each of "
+                             f"the {n} bundles (train_workers), so generators must be {n} and judges at most {n} "
+                             f"(got generators={self.generators}, judges={self.judges})")
+        gpus = (self.generator_gpus > 0, self.judge_gpus > 0, self.train_use_gpu)
+        if any(gpus) and not all(gpus):
+            raise ValueError("resources: in the colocated layout generator_gpus, judge_gpus and train_use_gpu are all "
+                             "set (a GPU per bundle shared by the roles) or all off (CPU bundles)")
+        if self.train_use_gpu and not self.generator_gpus + self.judge_gpus < 1:
+            raise ValueError(f"resources: generator_gpus + judge_gpus ({self.generator_gpus + self.judge_gpus:g}) "
+                             "must leave part of each GPU to its train worker in the colocated layout (e.g. 0.4 + 0.1)")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -222,6 +269,20 @@ class RunConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def nccl_weight_sync(self) -> bool:
+        """Whether π_{t+1} goes from train rank 0 to the generators over NCCL (see training/weight_transfer.py)."""
+        r, mode = self.resources, self.generation.weight_sync
+        return mode == "nccl" or (mode == "auto" and r.train_use_gpu and r.generator_gpus > 0)
+
+    @model_validator(mode="after")
+    def _nccl_needs_gpus(self) -> "RunConfig":
+        r = self.resources
+        if self.generation.weight_sync == "nccl" and not (r.train_use_gpu and r.generator_gpus > 0):
+            raise ValueError("generation.weight_sync: nccl needs GPU training (resources.train_use_gpu) and GPU "
+                             "generators (resources.generator_gpus > 0); use files on CPU")
+        return self
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "RunConfig":

@@ -21,8 +21,8 @@ from typing import Any
 
 from sppo_ray.config import RunConfig
 
-__all__ = ["ARCHITECTURES", "Architecture", "ClusterSpec", "PlanError", "architecture_of", "make_plan",
-           "plan_table"]
+__all__ = ["ARCHITECTURES", "Architecture", "ClusterSpec", "PlanError", "architecture_of", "colocated_for",
+           "make_plan", "plan_table"]
 
 GIB = 2**30
 
@@ -162,16 +162,40 @@ def model_states_bytes(zero_stage: int, offload: bool, params: int, largest_laye
     return 20 * params  # no ZeRO: 16-bit weights and grads, fp32 master weights and two optimiser moments
 
 
+def colocated_for(cfg: RunConfig, cluster: ClusterSpec) -> RunConfig:
+    """A colocated GPU config grown to a larger cluster: one bundle (generator, judge replica, train worker) per
+    GPU. A cluster with fewer GPUs than bundles is left for the plan to report."""
+    r = cfg.resources
+    if r.placement != "colocated" or not r.train_use_gpu or r.train_workers >= cluster.gpus:
+        return cfg
+    n = cluster.gpus
+    data = cfg.to_dict()
+    data["resources"].update(generators=n, judges=n, train_workers=n)
+    step = cfg.training.micro_batch_size * n
+    data["training"]["global_batch_size"] = max(step, round(cfg.training.global_batch_size / step) * step)
+    return type(cfg).model_validate(data)
+
+
 def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[str, Any]:
-    """The plan as a dict (what ``--json`` writes); ``fits`` is False with ``problems`` naming stage and resource."""
+    """The plan as a dict (what ``--json`` writes); ``fits`` is False with ``problems`` naming stage and resource.
+
+    A colocated GPU config is planned with one bundle per GPU of the cluster (``colocated_for``); ``bundles`` says
+    how many, and ``resized`` whether the config must be changed to match.
+    """
+    given = cfg.resources.train_workers
+    cfg = colocated_for(cfg, cluster)
     r, g, t = cfg.resources, cfg.generation, cfg.training
     n = cfg.data.prompts_per_iteration
+    colocated = r.placement == "colocated"
     gen_gpus = r.generators * r.tensor_parallel * (1 if r.generator_gpus else 0)
     judge_gpus = r.judges if r.judge_gpus else 0
     train_gpus = r.train_workers if r.train_use_gpu else 0
     total = cluster.gpus
     problems: list[str] = []
-    if gen_gpus + judge_gpus + train_gpus > total:
+    if colocated and train_gpus > total:
+        problems.append(f"layout: the colocated layout puts one bundle on each of {train_gpus} GPUs but the cluster "
+                        f"has {total}")
+    if not colocated and gen_gpus + judge_gpus + train_gpus > total:
         problems.append(f"layout: the roles hold {gen_gpus + judge_gpus + train_gpus} GPUs "
                         f"({gen_gpus} generate, {judge_gpus} judge, {train_gpus} train) but the cluster has {total}")
 
@@ -190,10 +214,17 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     judge_act = cfg.judge.max_batch_tokens * PAIRRM_HIDDEN * 34 * judge_bytes  # one layer live in inference
     memory["judge"] = {"weights": PAIRRM_PARAMS * judge_bytes / GIB, "activations": judge_act / GIB,
                        "total": (PAIRRM_PARAMS * judge_bytes + judge_act) / GIB}
-    for role in ("train", "generate", "judge"):
-        if memory[role]["total"] > cluster.gpu_memory_gib:
-            problems.append(f"{role}: needs {memory[role]['total']:.1f} GiB per GPU, the GPUs have "
-                            f"{cluster.gpu_memory_gib:g} GiB")
+    if colocated:
+        memory["per_stage"] = _colocated_peaks(cfg, memory, weight_gib)
+        for stage, peak in memory["per_stage"].items():
+            if peak > cluster.gpu_memory_gib:
+                problems.append(f"{stage}: the roles on one GPU need {peak:.1f} GiB in this stage, the GPUs have "
+                                f"{cluster.gpu_memory_gib:g} GiB")
+    else:
+        for role in ("train", "generate", "judge"):
+            if memory[role]["total"] > cluster.gpu_memory_gib:
+                problems.append(f"{role}: needs {memory[role]['total']:.1f} GiB per GPU, the GPUs have "
+                                f"{cluster.gpu_memory_gib:g} GiB")
     if memory["generate"]["kv_sequences"] < 1:
         problems.append(f"generate: {gen_weights:.1f} GiB of weights leave no KV cache for one "
                         f"{kv_tokens}-token sequence in {cluster.gpu_memory_gib:g} GiB at gpu_memory_utilization "
@@ -203,9 +234,13 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
             "train_rank0_export": weight_gib if t.precision == "bf16" else weight_gib * 2,
             "generator_broadcast": min(t.export_max_shard_gb * 1e9 / GIB, weight_gib),
             "train_offload_per_node": (arch.params * 16 / GIB / max(1, r.train_workers)
-                                       * min(r.train_workers, cluster.gpus_per_node)) if t.offload else 0.0}
+                                       * min(r.train_workers, cluster.gpus_per_node)) if t.offload else 0.0,
+            # vLLM sleep level 1 keeps each sleeping engine's weights in host memory
+            "sleeping_engines_per_node": (gen_weights * min(r.generators, cluster.gpus_per_node)
+                                          if colocated and g.sleep_level == 1 else 0.0)}
     if cluster.host_memory_gib is not None:
-        node_peak = host["driver"] + host["train_rank0_export"] + host["train_offload_per_node"]
+        node_peak = (host["driver"] + host["train_rank0_export"] + host["train_offload_per_node"]
+                     + host["sleeping_engines_per_node"])
         if node_peak > cluster.host_memory_gib:
             problems.append(f"train: host memory of the node with train rank 0 and the driver peaks at "
                             f"{node_peak:.0f} GiB, nodes have {cluster.host_memory_gib:g} GiB")
@@ -214,12 +249,35 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     ours = sum(s.seconds for s in stages)
     ref = sum(s.reference_seconds for s in stages)
     return {
-        "config": cfg.name, "layout": "disaggregated", "model_parameters": arch.params,
+        "config": cfg.name, "layout": r.placement, "bundles": r.train_workers if colocated else None,
+        "resized": colocated and r.train_workers != given, "model_parameters": arch.params,
         "cluster": asdict(cluster), "stages": [asdict(s) for s in stages], "memory_gib": memory,
         "host_memory_gib": host, "round_seconds": ours, "reference_round_seconds": ref,
         "speedup_vs_reference": ref / ours if ours else None,
         "busy_fraction": {s.stage: (total - s.idle_gpus) / total for s in stages},
         "fits": not problems, "problems": problems,
+    }
+
+
+# GPU memory a process keeps for its CUDA context while its role sleeps or is offloaded (GiB, measured figures for
+# recent drivers are 0.3-0.6).
+CUDA_CONTEXT_GIB = 0.5
+
+
+def _colocated_peaks(cfg: RunConfig, memory: dict[str, dict[str, float]], weight_gib: float) -> dict[str, float]:
+    """GiB on one GPU in each stage of the colocated layout: the active role's memory plus what the idle ones keep.
+
+    generate: the engine's share (gpu_memory_utilization of the GPU; the judge is on host, no train worker);
+    judge: the judge, the sleeping engine's context; train: ZeRO states and activations beside both idle contexts;
+    broadcast (the NCCL transfer at the end of the fit): the train states, plus the engine's woken weights.
+    """
+    ctx = CUDA_CONTEXT_GIB
+    train = memory["train"]["model_states"] + memory["train"]["activations"]
+    return {
+        "generate": memory["generate"]["total"] + ctx,
+        "judge": memory["judge"]["total"] + 2 * ctx,
+        "train": train + 2 * ctx,
+        "broadcast": memory["train"]["model_states"] + weight_gib / cfg.resources.tensor_parallel + 2 * ctx,
     }
 
 
@@ -254,9 +312,27 @@ def _stages(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec, gen_gpus: 
                   seconds(train_flops, train_gpus, cluster.train_utilization),
                   seconds(train_flops + 2 * arch.params * train_tokens, total, cluster.train_utilization),
                   ["reference: all GPUs, a second reference model forwarded every step"]),
-        StagePlan("broadcast", {"generators": gen_gpus}, total - gen_gpus, load_s / max(1, cfg.resources.generators),
-                  weight_bytes / 2e9, ["reference: the next round's engines load the saved model (counted here)"]),
+        _broadcast_stage(cfg, gen_gpus, total, weight_bytes, load_s),
     ]
+
+
+# Bytes per second: NCCL's packed broadcast from train rank 0 (NVLink inside a node is faster; 25 GB/s is a
+# 200 Gb/s InfiniBand link between nodes) and one engine's weights between host and GPU (PCIe 4 x16, pinned).
+NCCL_BYTES_PER_S = 25e9
+HOST_GPU_BYTES_PER_S = 20e9
+
+
+def _broadcast_stage(cfg: RunConfig, gen_gpus: int, total: int, weight_bytes: float, load_s: float) -> StagePlan:
+    reference = ["reference: the next round's engines load the saved model (counted here)"]
+    if cfg.resources.placement != "colocated":
+        return StagePlan("broadcast", {"generators": gen_gpus}, total - gen_gpus,
+                         load_s / max(1, cfg.resources.generators), weight_bytes / 2e9, reference)
+    # sleep level 1 moves each engine's weights to host and back once a round; level 2 only reallocates
+    moves = 2 * weight_bytes / HOST_GPU_BYTES_PER_S if cfg.generation.sleep_level == 1 else 0.0
+    send = weight_bytes / NCCL_BYTES_PER_S if cfg.nccl_weight_sync else load_s
+    how = "NCCL from train rank 0" if cfg.nccl_weight_sync else "every engine reads the export"
+    return StagePlan("broadcast", {"generators": gen_gpus, "train_workers": gen_gpus}, total - gen_gpus, send + moves,
+                     weight_bytes / 2e9, [f"ours: {how}, plus {moves:.0f} s of engine sleep/wake", *reference])
 
 
 def plan_table(plan: dict[str, Any]) -> str:
@@ -270,10 +346,17 @@ def plan_table(plan: dict[str, Any]) -> str:
         busy = ", ".join(f"{v} {k}" for k, v in s["busy"].items())
         lines.append(f"{s['stage']:<10} {busy:<30} {s['idle_gpus']:>4} {s['seconds']:>7.0f} "
                      f"{s['reference_seconds']:>12.0f}")
+    if plan.get("bundles"):
+        lines.insert(1, f"colocated: {plan['bundles']} bundles, one per GPU (generator + judge replica + train worker)"
+                     + ("; set resources.generators, judges and train_workers to this to run it" if plan["resized"]
+                        else ""))
     lines.append(f"round: {plan['round_seconds']:.0f} s estimated, reference {plan['reference_round_seconds']:.0f} s "
                  f"({plan['speedup_vs_reference']:.2f}x)")
     lines.append("GPU memory per GPU (GiB): " + "; ".join(
-        f"{role} {m['total']:.1f}" for role, m in plan["memory_gib"].items()))
+        f"{role} {m['total']:.1f}" for role, m in plan["memory_gib"].items() if "total" in m))
+    if "per_stage" in plan["memory_gib"]:
+        lines.append("  colocated, all roles on one GPU per stage: " + "; ".join(
+            f"{stage} {gib:.1f}" for stage, gib in plan["memory_gib"]["per_stage"].items()))
     tm = plan["memory_gib"]["train"]
     lines.append(f"  train: model states {tm['model_states']:.1f} (DeepSpeed estimator), activations "
                  f"{tm['activations_with_checkpointing']:.1f} with / {tm['activations_without_checkpointing']:.1f} "

@@ -13,6 +13,7 @@ from sppo_ray.contracts import GeneratedPrompt
 from sppo_ray.generation.engine_loop import SharedEngine
 from sppo_ray.generation.reload_log import install_reload_filter
 from sppo_ray.generation.sampling import FittedPrompt, fit_prompt, sample_seed
+from sppo_ray.generation.sleep import EngineSleep
 from sppo_ray.generation.vllm_compat import check_vllm, engine_kwargs
 from sppo_ray.generation.weights import has_files, pulled_weights
 
@@ -52,7 +53,8 @@ def _sampling(**kwargs: Any) -> Any:
     return SamplingParams(n=1, output_kind=RequestOutputKind.FINAL_ONLY, **kwargs)
 
 
-def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1) -> Any:
+def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1, sleep_mode: bool = False,
+                 nccl_weights: bool = False) -> Any:
     """A vLLM ``LLM`` running in this process, with the run's engine settings (see ``vllm_compat.engine_kwargs``).
 
     On CPU its threads come from OMP_NUM_THREADS, which the actor's options set (see ``generator_options``).
@@ -68,7 +70,8 @@ def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 
 
     max_model_len = cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens
     return LLM(model=model_path, dtype=_engine_dtype(cfg.dtype),
-               **engine_kwargs(cfg, max_model_len, tensor_parallel, on_gpu=torch.cuda.is_available()))
+               **engine_kwargs(cfg, max_model_len, tensor_parallel, on_gpu=torch.cuda.is_available(),
+                               sleep_mode=sleep_mode, nccl_weights=nccl_weights))
 
 
 class GeneratorActor:
@@ -78,6 +81,10 @@ class GeneratorActor:
         model_path: HF directory of the starting policy π_0.
         cfg: the generation part of the run config.
         tensor_parallel: vLLM tensor parallel size (GPU clusters; 1 on CPU).
+        sleep_mode: build the engine to sleep while other roles use its GPU (colocated layout; see
+            generation/sleep.py). On CPU the sleeps are recorded no-ops.
+        nccl_weights: build the engine with vLLM's NCCL weight-transfer engine, so the trainer can send π_{t+1}
+            straight from GPU memory (see training/weight_transfer.py). GPU only.
 
     The engine runs inside this actor's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so weights can be handed to it
     as Ray objects and reloaded without a restart; start-up takes ~11 s on 2 CPU cores instead of ~43 s.
@@ -85,12 +92,17 @@ class GeneratorActor:
     :class:`SharedEngine`; weight reloads wait until no request is in flight.
     """
 
-    def __init__(self, model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1) -> None:
+    def __init__(self, model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1, sleep_mode: bool = False,
+                 nccl_weights: bool = False) -> None:
+        import torch
+
         self.cfg = cfg
         self.version = 0
         started = time.perf_counter()
-        self.engine = SharedEngine(lambda: build_engine(model_path, cfg, tensor_parallel))
+        on_gpu = torch.cuda.is_available()
+        self.engine = SharedEngine(lambda: build_engine(model_path, cfg, tensor_parallel, sleep_mode, nccl_weights))
         self.llm = self.engine.llm
+        self.sleeper = EngineSleep(self.llm, cfg.sleep_level, real=sleep_mode and on_gpu)
         self.tokenizer = self.llm.get_tokenizer()
         self.startup_seconds = time.perf_counter() - started
         tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
@@ -115,6 +127,7 @@ class GeneratorActor:
             StaleState: this engine does not hold ``expected_version`` (the caller pushes weights and retries).
         """
         cfg, k = self.cfg, samples or self.cfg.k
+        self.wake_up()  # a sleeping engine wakes for work it is given (no-op when awake)
         fitted, rejects, requests, params = [], [], [], []
         for row in rows:
             messages = json.loads(row["messages_json"])
@@ -143,6 +156,7 @@ class GeneratorActor:
 
     def greedy(self, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
         """Greedy answers (temperature 0), e.g. for probes that check a weight broadcast."""
+        self.wake_up()
         prompts = [fit_prompt(self.tokenizer, c, 10**9, "skip").token_ids for c in conversations]
         outputs = self._run(prompts, [_sampling(temperature=0.0, max_tokens=max_new_tokens) for _ in prompts])
         return [o.outputs[0].text for o in outputs]
@@ -156,7 +170,7 @@ class GeneratorActor:
         """Whether this generator's node sees a policy directory's weight files (shared storage or the same node)."""
         return has_files(path, files)
 
-    def update_weights(self, version: int, state_dict: dict[str, Any] | None = None, path: str | None = None,
+    def load_policy(self, version: int, state_dict: dict[str, Any] | None = None, path: str | None = None,
                        files: tuple[tuple[str, int], ...] = (), source: Any = None) -> float:
         """Replace the engine's weights in place (no restart) and return the seconds it took.
 
@@ -175,6 +189,7 @@ class GeneratorActor:
             raise FileNotFoundError(f"policy v{version}: {path} is not readable on this generator's node and no "
                                     "shard source was given")
         started = time.perf_counter()
+        self.wake_up(["weights"])  # weights are loaded into woken memory; the KV cache waits for generation
         self.engine.call(lambda: self._reload(version, state_dict, path, files, source))  # waits for batches
         return time.perf_counter() - started
 
@@ -192,6 +207,59 @@ class GeneratorActor:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.version = version
+
+    # -- sleep mode (colocated layout) -------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Release this engine's GPU memory until ``wake_up`` (waits for batches in flight). A level-2 sleep on a GPU
+        drops the weights: the engine then holds no policy version until the next load."""
+        if self.engine.call(self.sleeper.sleep):
+            self.version = -1
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Reallocate "weights" and/or "kv_cache" (None: both); weights before a load, the cache before generating.
+        Nothing happens when the engine is awake."""
+        if self.sleeper.asleep:
+            self.engine.call(lambda: self.sleeper.wake_up(tags))
+
+    def placement(self) -> dict[str, Any]:
+        """Node, placement group and bundle this actor runs in (see orchestration/colocation.py)."""
+        from sppo_ray.orchestration.colocation import where_am_i
+
+        return where_am_i()
+
+    def sleep_events(self) -> list[dict[str, Any]]:
+        """Every sleep and wake-up so far: {call, detail, real, at} (real False: a recorded no-op on CPU)."""
+        return [dict(e.__dict__) for e in self.sleeper.events]
+
+    # -- vLLM's weight-transfer control plane, called by vllm's RayVLLMWeightSyncClient from train rank 0 -------
+
+    def init_weight_transfer_engine(self, request: Any) -> None:
+        """Join the NCCL group of the trainer's weight-transfer engine (blocks until the trainer joins)."""
+        self.engine.call(lambda: self.llm.collective_rpc("init_weight_transfer_engine",
+                                                         kwargs={"init_info": request.init_info}))
+
+    def start_weight_update(self) -> None:
+        self.engine.call(lambda: self.llm.collective_rpc("start_weight_update"))
+
+    def update_weights(self, request: Any) -> None:
+        """Receive one update from the trainer (runs while the trainer broadcasts)."""
+        self.engine.call(lambda: self.llm.collective_rpc("update_weights",
+                                                         kwargs={"update_info": request.update_info}))
+
+    def finish_weight_update(self) -> None:
+        def finish() -> None:
+            self.llm.collective_rpc("finish_weight_update")
+            self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+        self.engine.call(finish)
+
+    def update_weight_version(self, version: str) -> None:
+        """The policy version the transferred weights are (the trainer names it when it finishes the update)."""
+        self.version = int(version)
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.engine.call(lambda: self.llm.collective_rpc("shutdown_weight_transfer_engine"))
 
     def shutdown(self) -> None:
         """Stop the engine explicitly instead of leaving it to garbage collection."""

@@ -78,16 +78,22 @@ def generator_options(res: ResourcesConfig) -> dict[str, Any]:
             "runtime_env": {"env_vars": env}}
 
 
-def build_generator_actors(model_path: str, cfg: GenerationConfig, res: ResourcesConfig) -> list[Any]:
+def build_generator_actors(model_path: str, cfg: GenerationConfig, res: ResourcesConfig, placement: Any = None,
+                           nccl_weights: bool = False) -> list[Any]:
     """Start the generator pool and wait until every engine is up.
 
-    Actors restart if their process dies (``max_restarts``); a call in flight then fails and the stage retries it,
-    first bringing the restarted engine (which holds π_0) to the expected policy version.
+    ``placement`` (a :class:`~sppo_ray.orchestration.colocation.Colocation`) puts generator ``i`` into bundle ``i``
+    and builds the engines to sleep while the other roles use their GPUs; ``nccl_weights`` builds them to receive
+    π_{t+1} from the trainer over NCCL. Actors restart if their process dies (``max_restarts``); a call in flight
+    then fails and the stage retries it, first bringing the restarted engine (which holds π_0) to the expected
+    policy version.
     """
-    actor_cls = ray.remote(GeneratorActor).options(
-        **generator_options(res), max_restarts=3, max_task_retries=0, max_concurrency=CALLS_PER_GENERATOR
-    )
-    actors = [actor_cls.remote(model_path, cfg, res.tensor_parallel) for _ in range(res.generators)]
+    options = dict(**generator_options(res), max_restarts=3, max_task_retries=0, max_concurrency=CALLS_PER_GENERATOR)
+    actors = [
+        ray.remote(GeneratorActor).options(**options, **(placement.options(i) if placement else {}))
+        .remote(model_path, cfg, res.tensor_parallel, placement is not None, nccl_weights)
+        for i in range(res.generators)
+    ]
     ray.get([a.ready.remote() for a in actors])
     return actors
 
@@ -115,11 +121,11 @@ def push_weights(generator_actors: list[Any], weights: PolicyWeights) -> list[fl
 
 
 def _update(generator_actors: list[Any], w: PolicyWeights) -> list[float]:
-    return ray.get([a.update_weights.remote(*weights_args(w)) for a in generator_actors])
+    return ray.get([a.load_policy.remote(*weights_args(w)) for a in generator_actors])
 
 
 def weights_args(w: PolicyWeights) -> tuple:
-    """``GeneratorActor.update_weights`` arguments for a policy version."""
+    """``GeneratorActor.load_policy`` arguments for a policy version."""
     return (w.version, w.state_dict_ref, w.path, w.files, w.shard_source)
 
 
@@ -175,7 +181,7 @@ def run_generation_stage(
         schema=GENERATION_SCHEMA,
         batch_size=_batch_size(len(prompts), len(generator_actors), cfg.batch_size),
         per_actor=CALLS_PER_GENERATOR,
-        recover=("update_weights", weights_args(weights)),
+        recover=("load_policy", weights_args(weights)),
     )
     table = in_order(table, "prompt_id", [p.id for p in prompts])
     rejects = [r for r in records if r["reason"] != "truncated"]

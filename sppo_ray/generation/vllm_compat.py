@@ -71,8 +71,13 @@ def check_vllm(version: str | None = None, reload_signature: inspect.Signature |
     return version
 
 
-def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: int, on_gpu: bool) -> dict[str, Any]:
+def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: int, on_gpu: bool,
+                  sleep_mode: bool = False, nccl_weights: bool = False) -> dict[str, Any]:
     """``vllm.LLM`` arguments for the run's generation config.
+
+    On GPUs, ``sleep_mode`` builds the engine with vLLM's sleep mode (colocated layout, see generation/sleep.py) and
+    ``nccl_weights`` with vLLM's NCCL weight-transfer engine (``weight_transfer_config``, see
+    training/weight_transfer.py). Neither exists on CPU, where both are ignored.
 
     CPU work-arounds stay on CPU: there chunked prefill is off (a seeded request's partial prefill made vLLM rewind
     a CPU random generator, "CPU Generator does not use offset", when a second batch joined a running engine) and
@@ -87,6 +92,10 @@ def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: in
         "enforce_eager": cfg.enforce_eager if cfg.enforce_eager is not None else not on_gpu,
         "trust_remote_code": False,
     }
+    if on_gpu and sleep_mode:
+        kwargs["enable_sleep_mode"] = True
+    if on_gpu and nccl_weights:
+        kwargs["weight_transfer_config"] = {"backend": "nccl"}
     if not on_gpu:
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)  # every prefill fits in one step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -31,6 +32,10 @@ class JudgeActor:
         started = time.perf_counter()
         self.cfg = cfg
         self.judge = build_judge(cfg.kind, model_path, cfg, device)
+        self.device = getattr(self.judge, "device", "cpu")
+        self.events: list[dict[str, Any]] = []
+        self.on_host = False  # offloaded (colocated layout); the next call brings it back
+        self.residency_lock = threading.Lock()
         self.startup_seconds = time.perf_counter() - started
 
     def ready(self) -> dict[str, Any]:
@@ -39,6 +44,7 @@ class JudgeActor:
     def judge_batch(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """JudgedPrompt rows for GeneratedPrompt rows; records carry the pair count and seconds for metrics."""
         started = time.perf_counter()
+        self.onload()  # an offloaded judge comes back for work it is given (no-op when resident)
         out = judge_rows(rows, self.judge, self.cfg.table, self.cfg.selection)
         pairs = sum(len(r["responses"]) * (len(r["responses"]) - 1) for r in rows)
         return {"rows": out, "records": [{"pairs": pairs, "seconds": time.perf_counter() - started}]}
@@ -51,6 +57,7 @@ class JudgeActor:
         ranks with PairRM (the benchmarks' reference-style baseline). ``instructions``: each pair's prompt's
         instructions as JSON (the verifier judge needs them; the others ignore them).
         """
+        self.onload()
         if batch_size == 1:  # one call per pair, as the reference ranks
             ins = instructions or [None] * len(prompts)
             return [float(self.judge.pair_logits([p], [a], [b], 1, instructions=[i])[0])
@@ -62,6 +69,42 @@ class JudgeActor:
         started = time.perf_counter()
         self.pair_logits(prompts, first, second, batch_size)
         return time.perf_counter() - started
+
+    # -- colocated layout: the judge leaves its GPU share to the trainer and the engine -------------------------
+
+    def offload(self) -> None:
+        """Move the judge model to host memory and free its GPU cache (no-op, recorded, for a CPU judge)."""
+        self._move("cpu", "offload")
+
+    def onload(self) -> None:
+        """Bring the judge model back to its device before judging."""
+        self._move(self.device, "onload")
+
+    def placement(self) -> dict[str, Any]:
+        """Node, placement group and bundle this actor runs in (see orchestration/colocation.py)."""
+        from sppo_ray.orchestration.colocation import where_am_i
+
+        return where_am_i()
+
+    def residency_events(self) -> list[dict[str, Any]]:
+        """Every offload/onload so far: {call, real, at} (real False: a CPU judge, nothing moved)."""
+        return list(self.events)
+
+    def _move(self, device: str, call: str) -> None:
+        with self.residency_lock:
+            if self.on_host == (call == "offload"):
+                return
+            model = getattr(self.judge, "model", None)
+            real = model is not None and self.device != "cpu"
+            if real:
+                import torch
+
+                model.to(device)
+                self.judge.device = device
+                if device == "cpu":
+                    torch.cuda.empty_cache()
+            self.on_host = call == "offload"
+            self.events.append({"call": call, "real": real, "at": time.time()})
 
     def shutdown(self) -> None:
         self.judge = None

@@ -47,20 +47,21 @@ JUDGED_SCHEMA = pa.schema(
 CALLS_PER_JUDGE = 2
 
 
-def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesConfig) -> list[Any]:
+def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesConfig,
+                       placement: Any = None) -> list[Any]:
     """One judge replica per actor (``resources.judges``, each with ``judge_gpus``), started and ready.
 
     Each takes two calls at once: the next batch is tokenised while the current one runs its forward (the judges
-    let one forward run at a time).
+    let one forward run at a time). ``placement`` (a :class:`~sppo_ray.orchestration.colocation.Colocation`) puts
+    replica ``i`` into bundle ``i``.
     """
-    actor_cls = ray.remote(JudgeActor).options(
-        num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0,
-        max_concurrency=CALLS_PER_JUDGE,
-    )
+    options = dict(num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0,
+                   max_concurrency=CALLS_PER_JUDGE)
     # Ray narrows CUDA_VISIBLE_DEVICES to an actor's own GPUs, but leaves it alone for an actor without any: a
     # judge_gpus 0 judge on a GPU node would see every GPU and take cuda:0 from the role that reserved it.
     device = "cuda" if res.judge_gpus > 0 else "cpu"
-    actors = [actor_cls.remote(model_path, cfg, res.actor_threads, device) for _ in range(res.judges)]
+    actors = [ray.remote(JudgeActor).options(**options, **(placement.options(i) if placement else {}))
+              .remote(model_path, cfg, res.actor_threads, device) for i in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])
     return actors
 

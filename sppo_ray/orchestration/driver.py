@@ -24,7 +24,7 @@ from sppo_ray.judging.stage import build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
 from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stale_local_cluster
 from sppo_ray.orchestration.metrics import RunMetrics
-from sppo_ray.orchestration.preflight import Plan, plan_run
+from sppo_ray.orchestration.preflight import Plan, check_cluster_plan, plan_run
 from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
@@ -77,6 +77,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
     started_local = init_ray(config)
+    check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
     session = Session.start(config, plan.policy_path, plan.judge_path)
     if started_local:  # after the actors start, so their node's agents are up and recorded too
         record_local_cluster(rd)
@@ -96,6 +97,8 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
             _track_report(rd, tracker)
     finally:
         tracker.close()
+        if (report := session.colocation_report()) is not None:  # where each role ran, its sleeps and wake-ups
+            rd.write_bytes("colocation.json", (json.dumps(report, indent=1) + "\n").encode())
         session.shutdown()
     return Path(rd.root)
 
@@ -153,6 +156,7 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
         return rd.read_parquet(rel)
     if session.generator_version != t:  # resumed: bring the generators to π_t first
         session.broadcast(policy_weights(rd.local_path(f"round_{t - 1}/model"), t))
+    session.enter("generate")
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation)
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
     rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
@@ -170,6 +174,7 @@ def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session,
     rel = f"round_{t}/tables.parquet"
     if rd.done(t, "judge"):
         return rd.read_parquet(rel)
+    session.enter("judge")
     instructions = {p.id: p.instructions_json for p in prompts if p.instructions}  # for the verifier judge
     result = run_judging_stage(generated, session.judge_actors, config.judge, instructions)
     digest = rd.write_parquet(rel, result.table)
@@ -197,9 +202,11 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Pat
     rel = f"round_{t}/model"
     start_model = session.base_policy if t == 0 else Path(rd.local_path(f"round_{t - 1}/model"))
     if not rd.done(t, "train"):
+        session.enter("train")
+        send_to = (session.generator_actors, t + 1) if config.nccl_weight_sync else None  # π_{t+1} over NCCL
         result = run_training(rd.local_path(f"round_{t}/train.parquet"), str(start_model),
                               Path(rd.local_path(rel)), config.training, config.resources,
-                              storage_path=rd.local_path("ray_train"), name=f"round_{t}")
+                              storage_path=rd.local_path("ray_train"), name=f"round_{t}", send_to=send_to)
         rd.record(t, "train", outputs={rel: _dir_digest(result.model_dir)}, seconds=result.seconds,
                   steps=len(result.metrics), inputs={**rd.done(t, "dataset")["outputs"], "start_model": str(start_model)})
     metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"

@@ -9,7 +9,7 @@ from sppo_ray.config import RunConfig, load_config
 from sppo_ray.data.prompts import Prompt, PromptLoadError, PromptSet, load_prompts, split_prompts
 from sppo_ray.models import resolve_model
 
-__all__ = ["Plan", "plan_run", "preflight"]
+__all__ = ["Plan", "check_cluster_plan", "plan_run", "preflight"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,35 @@ def _check_verifiable(config: RunConfig, prompt_set: PromptSet) -> None:
 
 def preflight(config_path: str, overrides: list[str] | None = None) -> Plan:
     return plan_run(load_config(config_path, overrides))
+
+
+def check_cluster_plan(config: RunConfig, policy_path: Path) -> dict | None:
+    """`sppo-ray plan`'s check against the connected Ray cluster's GPU nodes (GPU runs only; None on CPU).
+
+    Runs after Ray is up and before any actor starts: the GPU nodes and their GPUs come from the cluster, the GPU
+    memory from ``resources.gpu_memory_gib``. Host memory is not checked here (Ray's "memory" resource is what it
+    lets tasks reserve, not the node's RAM); `sppo-ray plan --host-memory-gib` checks it.
+
+    Raises:
+        PlanError: the config does not fit; the message names each stage and resource that does not.
+    """
+    import ray
+
+    from sppo_ray.planning import ClusterSpec, PlanError, architecture_of, make_plan
+
+    r = config.resources
+    if not (r.train_use_gpu or r.generator_gpus or r.judge_gpus):
+        return None
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
+    if not nodes:
+        raise PlanError("resources: the config uses GPUs but the Ray cluster has no GPU node")
+    per_node = int(max(n["Resources"]["GPU"] for n in nodes))
+    cluster = ClusterSpec(len(nodes), per_node, r.gpu_memory_gib)
+    plan = make_plan(config, architecture_of(str(policy_path)), cluster)
+    if plan["resized"]:
+        print(f"plan: the colocated layout would use all {cluster.gpus} GPUs with {plan['bundles']} bundles; this "
+              f"config has {r.train_workers}, so {cluster.gpus - r.train_workers} GPUs stay idle", flush=True)
+    if not plan["fits"]:
+        raise PlanError("the config does not fit this cluster (`sppo-ray plan` shows the whole plan):\n  "
+                        + "\n  ".join(plan["problems"]))
+    return plan

@@ -19,6 +19,7 @@ from sppo_ray.config import RunConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.generation.stage import build_generator_actors, push_weights
 from sppo_ray.judging.stage import build_judge_actors
+from sppo_ray.orchestration.colocation import Colocation, Residency
 from sppo_ray.orchestration.verbosity import configure_driver_output
 
 __all__ = ["Session", "init_ray", "object_store_weights"]
@@ -64,21 +65,72 @@ class Session:
     generator_version: int = 0
     weights: PolicyWeights = field(default_factory=lambda: PolicyWeights(0))
     startup_seconds: float = 0.0
+    # Colocated layout: the placement group and the roles' residency per stage (None: disaggregated).
+    colocation: Colocation | None = None
+    residency: Residency | None = None
+    # How each broadcast reached the generators: "trainer" (NCCL from train rank 0) or "files"/"object store".
+    broadcasts: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, config: RunConfig, policy_path: Path, judge_path: Path | None) -> "Session":
         started = time.perf_counter()
-        generators = build_generator_actors(str(policy_path), config.generation, config.resources)
-        judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, config.resources)
+        res = config.resources
+        colocation = Colocation.create(res) if res.placement == "colocated" else None
+        generators = build_generator_actors(str(policy_path), config.generation, res, colocation,
+                                            nccl_weights=config.nccl_weight_sync)
+        judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, res, colocation)
         weights = PolicyWeights(0, path=str(policy_path))
-        return cls(generators, judges, policy_path, 0, weights, time.perf_counter() - started)
+        residency = Residency(generators, judges) if colocation else None
+        session = cls(generators, judges, policy_path, 0, weights, time.perf_counter() - started, colocation, residency)
+        session.enter("generate")
+        return session
+
+    def enter(self, stage: str) -> None:
+        """Colocated layout: release the GPU memory of the roles idle in ``stage`` (generate, judge, train,
+        broadcast) and bring back the active ones. Nothing to do when each role has its own devices."""
+        if self.residency is not None:
+            self.residency.enter(stage)
 
     def broadcast(self, weights: PolicyWeights) -> float:
-        """Push a policy version to every generator in place; returns the wall seconds."""
+        """Bring every generator to a policy version in place; returns the wall seconds.
+
+        Generators that already hold it (sent by train rank 0 over NCCL at the end of the fit, see
+        training/weight_transfer.py) are left alone; otherwise it is loaded from its directory or object.
+        """
         started = time.perf_counter()
-        push_weights(self.generator_actors, weights)
+        self.enter("broadcast")
+        held = [r["version"] for r in ray.get([a.ready.remote() for a in self.generator_actors])]
+        if all(v == weights.version for v in held):
+            self.broadcasts.append("trainer")
+        else:
+            push_weights(self.generator_actors, weights)
+            self.broadcasts.append("files" if weights.path is not None else "object store")
         self.weights, self.generator_version = weights, weights.version
         return time.perf_counter() - started
+
+    def colocation_report(self) -> dict[str, Any] | None:
+        """Colocated layout: where each role's actors run (placement group and bundle, from the resources Ray
+        assigned them), the stage transitions made, and each actor's sleep/offload calls (None when disaggregated)."""
+        if self.colocation is None:
+            return None
+        try:
+            return self._colocation_report()
+        except Exception as err:  # noqa: BLE001 - a failed run's dead actors must not hide the run's own error
+            return {"error": f"{type(err).__name__}: {err}"}
+
+    def _colocation_report(self) -> dict[str, Any]:
+        table = ray.util.placement_group_table(self.colocation.placement_group)
+        return {
+            "placement_group_id": table["placement_group_id"], "strategy": table["strategy"],
+            "bundles": [{"index": i, "resources": table["bundles"][i], "node_id": node}
+                        for i, node in enumerate(self.colocation.bundle_nodes())],
+            "generators": ray.get([a.placement.remote() for a in self.generator_actors]),
+            "judges": ray.get([a.placement.remote() for a in self.judge_actors]),
+            "stages": list(self.residency.log),
+            "generator_sleep": ray.get([a.sleep_events.remote() for a in self.generator_actors]),
+            "judge_residency": ray.get([a.residency_events.remote() for a in self.judge_actors]),
+            "broadcasts": list(self.broadcasts),
+        }
 
     def probe(self, question: str, max_new_tokens: int = 32) -> str:
         """Greedy answer of the first generator, to see the broadcast weights in action."""
@@ -88,3 +140,5 @@ class Session:
         """Stop every engine explicitly, then release the actors."""
         shutdown_pool(self.generator_actors)
         shutdown_pool(self.judge_actors)
+        if self.colocation is not None:
+            self.colocation.remove()

@@ -54,13 +54,20 @@ def run_training(
     storage_path: str,
     name: str,
     worker_env: dict[str, str] | None = None,
+    send_to: tuple[list[Any], int] | None = None,
 ) -> TrainResult:
     """Fit π_t -> π_{t+1} on one round's training set and copy the exported model to ``out_dir``.
 
     Workers use gloo on CPU and NCCL on GPU; the Parquet is read as a Ray Dataset and sharded across workers.
     A worker that dies mid-fit makes Ray Train restart the group from the last DeepSpeed checkpoint
     (``cfg.checkpoint_every``), up to ``cfg.max_failures`` times. ``worker_env`` is set in every worker's
-    environment before training starts (e.g. NCCL or DeepSpeed variables).
+    environment before training starts (e.g. NCCL or DeepSpeed variables). ``send_to`` = (generator actors,
+    version): after the export, rank 0 also sends the weights to those generators over NCCL through vLLM's
+    weight-transfer API (GPU only; see training/weight_transfer.py); ``TrainResult.phases["weights_sent"]`` says
+    whether it did.
+
+    Workers get a whole GPU each, or in the colocated layout the share of it that the generator and judge bundle
+    leaves (``resources.train_gpu_share``): one worker fits per GPU, so they land one per GPU.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -73,11 +80,13 @@ def run_training(
             "training": cfg.model_dump(mode="json"),
             "cpus_per_worker": res.train_cpus_per_worker,
             "env": dict(worker_env or {}),
+            "send_to": send_to,
         },
         scaling_config=ScalingConfig(
             num_workers=res.train_workers,
             use_gpu=res.train_use_gpu,
-            resources_per_worker={"CPU": res.train_cpus_per_worker, **({"GPU": 1} if res.train_use_gpu else {})},
+            resources_per_worker={"CPU": res.train_cpus_per_worker,
+                                  **({"GPU": res.train_gpu_share} if res.train_use_gpu else {})},
         ),
         torch_config=TorchConfig(backend="nccl" if res.train_use_gpu else "gloo"),
         datasets={"train": _training_dataset(train_parquet)},

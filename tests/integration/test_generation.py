@@ -120,7 +120,7 @@ def test_directory_and_pulled_shards_give_the_same_model(generators, base_state,
     with pytest.raises(FileNotFoundError, match="readable neither by every generator nor on this node"):
         push_weights(generators, dataclasses.replace(unseen, version=15))
     with pytest.raises(ray.exceptions.RayTaskError, match="not readable on this generator's node"):
-        ray.get(generators[0].update_weights.remote(15, None, unseen.path, unseen.files, None))
+        ray.get(generators[0].load_policy.remote(15, None, unseen.path, unseen.files, None))
     assert ray.get(generators[0].greedy.remote(QUESTION, 16)) == expected  # a refused update changes nothing
     push_weights(generators, PolicyWeights(16, ray.put(base_state)))
 

@@ -186,3 +186,28 @@ def test_flash_attention_without_the_package_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="training.attn_implementation is flash_attention_2.*pip install flash-attn"):
         check_attn_implementation("flash_attention_2")
     check_attn_implementation("sdpa")  # always available
+
+
+def test_layout_defaults_to_colocated_on_gpus_only():
+    assert load_config(REPO / "jobs" / "tiny-cpu.yaml").resources.placement == "disaggregated"
+    gpu = load_config(REPO / "jobs" / "paper-mistral-7b.yaml")
+    assert gpu.resources.placement == "colocated" and gpu.nccl_weight_sync
+    assert gpu.resources.train_gpu_share == pytest.approx(0.5)  # what the generator (0.4) and judge (0.1) leave
+    off = load_config(REPO / "jobs" / "paper-mistral-7b.yaml", ["generation.weight_sync=files"])
+    assert not off.nccl_weight_sync
+
+
+@pytest.mark.parametrize("changes, message", [
+    (["resources.generators=2"], r"generators must be 8 and judges at most 8 \(got generators=2, judges=8\)"),
+    (["resources.tensor_parallel=2"], r"tensor_parallel must be 1 in the colocated layout"),
+    (["resources.generator_gpus=0.6", "resources.judge_gpus=0.4"], r"generator_gpus \+ judge_gpus \(1\) must leave"),
+    (["resources.judge_gpus=0"], r"all set \(a GPU per bundle shared by the roles\) or all off"),
+])
+def test_colocated_layout_errors_name_the_fields(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "jobs" / "paper-mistral-7b.yaml", changes)
+
+
+def test_nccl_weight_sync_needs_gpus():
+    with pytest.raises(ConfigError, match="generation.weight_sync: nccl needs GPU training"):
+        load_config(REPO / "jobs" / "tiny-cpu.yaml", ["generation.weight_sync=nccl"])

@@ -38,10 +38,15 @@ def test_embedded_model_shape_comes_from_its_config(embedded_policy):
     assert arch.tied_embeddings and arch.params == sum(p.numel() for p in model.parameters())
 
 
+# The paper config as it was before the colocated layout: 2 generators, 2 judges, 4 train workers, 1 GPU each.
+DISAGGREGATED = ["resources.layout=disaggregated", "resources.generators=2", "resources.generator_gpus=1",
+                 "resources.judges=2", "resources.judge_gpus=1", "resources.train_workers=4"]
+
+
 def test_train_memory_is_deepspeeds_estimate():
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-    cfg = load_config(MISTRAL)
+    cfg = load_config(MISTRAL, DISAGGREGATED)
     arch = ARCHITECTURES[cfg.models.policy]
     plan = make_plan(cfg, arch, ClusterSpec(1, 8, 80))
     _, gpu, _ = estimate_zero3_model_states_mem_needs(arch.params, arch.largest_layer_params, 4, 1,
@@ -54,18 +59,91 @@ def test_train_memory_is_deepspeeds_estimate():
     assert plan["memory_gib"]["generate"]["weights"] == pytest.approx(arch.params * 2 / 2**30)
 
 
-def test_paper_config_fits_80_gib_and_reports_idle_gpus():
-    plan = make_plan(load_config(MISTRAL), ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.2"], ClusterSpec(1, 8, 80))
-    assert plan["fits"] and not plan["problems"]
+def test_disaggregated_layout_reports_idle_gpus():
+    plan = make_plan(load_config(MISTRAL, DISAGGREGATED), ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.2"],
+                     ClusterSpec(1, 8, 80))
+    assert plan["fits"] and not plan["problems"] and plan["layout"] == "disaggregated"
     idle = {s["stage"]: s["idle_gpus"] for s in plan["stages"]}
     assert idle == {"generate": 6, "judge": 6, "train": 4, "broadcast": 6}  # the disaggregated layout's cost
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_colocated_paper_config_keeps_every_gpu_busy(nodes):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    cfg = load_config(MISTRAL)
+    assert cfg.resources.placement == "colocated"
+    arch = ARCHITECTURES[cfg.models.policy]
+    plan = make_plan(cfg, arch, ClusterSpec(nodes, 8, 80))
+    assert plan["fits"], plan["problems"]
+    assert plan["bundles"] == 8 * nodes and plan["resized"] == (nodes == 2)
+    assert all(s["idle_gpus"] == 0 for s in plan["stages"]) and set(plan["busy_fraction"].values()) == {1.0}
+    # ZeRO-3 over every GPU of the cluster: DeepSpeed's estimate for 8 per node
+    _, gpu, _ = estimate_zero3_model_states_mem_needs(arch.params, arch.largest_layer_params, 8, nodes,
+                                                      cpu_offload=False, cpu_offload_params=False)
+    assert plan["memory_gib"]["train"]["model_states"] == pytest.approx(gpu / 2**30)
+    peaks = plan["memory_gib"]["per_stage"]
+    m = plan["memory_gib"]
+    # at the NCCL transfer the trainer's states and the woken engine's bf16 weights share a GPU
+    assert peaks["broadcast"] == pytest.approx(m["train"]["model_states"] + arch.params * 2 / 2**30 + 1.0)
+    assert peaks["generate"] == pytest.approx(80 * cfg.generation.gpu_memory_utilization + 0.5)
+    # sleep level 1 keeps one bf16 copy of the weights per engine in host memory
+    assert plan["host_memory_gib"]["sleeping_engines_per_node"] == pytest.approx(8 * arch.params * 2 / 2**30)
+
+
+def test_colocated_per_stage_memory_by_hand():
+    """A small config whose figures are computed here by hand: 2 bundles, ZeRO-2, no offload."""
+    small = Architecture(hidden=512, intermediate=1024, layers=4, heads=8, kv_heads=8, vocab=1000)
+    cfg = load_config(MISTRAL, ["training.zero_stage=2", "training.global_batch_size=2", "resources.generators=2",
+                                "resources.judges=2", "resources.train_workers=2", "generation.sleep_level=2"])
+    plan = make_plan(cfg, small, ClusterSpec(1, 2, 80))
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    _, states = estimate_zero2_model_states_mem_needs(small.params, 2, 1, cpu_offload=False)
+    assert plan["memory_gib"]["train"]["model_states"] == pytest.approx(states / 2**30)
+    weights = small.params * 2 / 2**30
+    assert plan["memory_gib"]["per_stage"]["broadcast"] == pytest.approx(states / 2**30 + weights + 2 * 0.5)
+    assert plan["host_memory_gib"]["sleeping_engines_per_node"] == 0  # level 2 keeps no copy
 
 
 def test_cli_names_what_does_not_fit(tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["plan", str(MISTRAL), "--gpu-memory-gib", "24", "--json", str(out)]) == 3
-    assert "DOES NOT FIT: train: needs" in capsys.readouterr().out
+    assert "DOES NOT FIT: broadcast: the roles on one GPU need" in capsys.readouterr().out
     assert json.loads(out.read_text())["fits"] is False
     assert main(["plan", str(MISTRAL), "--gpus-per-node", "4"]) == 3
-    assert "layout: the roles hold 8 GPUs" in capsys.readouterr().out
+    assert "layout: the colocated layout puts one bundle on each of 8 GPUs but the cluster has 4" in \
+        capsys.readouterr().out
     assert main(["plan", str(MISTRAL), "--nodes", "2", "--gpu-memory-gib", "80"]) == 0
+    assert "16 bundles, one per GPU" in capsys.readouterr().out
+    assert main(["plan", str(MISTRAL), *sum((["--set", o] for o in DISAGGREGATED), []), "--gpus-per-node", "4"]) == 3
+    assert "layout: the roles hold 8 GPUs" in capsys.readouterr().out
+
+
+def _gpu_nodes(monkeypatch, nodes: int, gpus: int) -> None:
+    import ray
+
+    fake = [{"Alive": True, "Resources": {"CPU": 64.0, "GPU": float(gpus)}} for _ in range(nodes)]
+    fake.append({"Alive": True, "Resources": {"CPU": 4.0}})  # a head without GPUs does not count
+    monkeypatch.setattr(ray, "nodes", lambda: fake)
+
+
+def test_run_checks_the_plan_against_the_clusters_gpu_nodes(monkeypatch, capsys):
+    """`sppo-ray run` calls check_cluster_plan after connecting to Ray, before any actor starts."""
+    from sppo_ray.orchestration.preflight import check_cluster_plan
+    from sppo_ray.planning import PlanError
+
+    cfg = load_config(MISTRAL)
+    policy = "mistralai/Mistral-7B-Instruct-v0.2"  # a known shape: no config.json needed
+    _gpu_nodes(monkeypatch, 1, 8)
+    assert check_cluster_plan(cfg, policy)["fits"]
+    _gpu_nodes(monkeypatch, 1, 4)
+    with pytest.raises(PlanError, match="layout: the colocated layout puts one bundle on each of 8 GPUs"):
+        check_cluster_plan(cfg, policy)
+    _gpu_nodes(monkeypatch, 1, 8)
+    with pytest.raises(PlanError, match="broadcast: the roles on one GPU need 30.2 GiB"):
+        check_cluster_plan(load_config(MISTRAL, ["resources.gpu_memory_gib=24"]), policy)
+    _gpu_nodes(monkeypatch, 2, 8)
+    check_cluster_plan(cfg, policy)
+    assert "8 GPUs stay idle" in capsys.readouterr().out
+    assert check_cluster_plan(load_config(REPO / "jobs" / "tiny-cpu.yaml"), policy) is None  # CPU runs: no check

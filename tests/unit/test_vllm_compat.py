@@ -49,3 +49,65 @@ def test_cpu_workarounds_stay_on_cpu():
 def test_enforce_eager_from_config_wins_on_gpu():
     cfg = GenerationConfig(enforce_eager=True)
     assert engine_kwargs(cfg, 2560, 1, on_gpu=True)["enforce_eager"] is True
+
+
+def test_sleep_mode_and_nccl_transfer_only_on_gpu():
+    from vllm.engine.arg_utils import EngineArgs
+
+    gpu = engine_kwargs(GenerationConfig(), 1024, 1, on_gpu=True, sleep_mode=True, nccl_weights=True)
+    assert gpu["enable_sleep_mode"] is True and gpu["weight_transfer_config"] == {"backend": "nccl"}
+    args = EngineArgs(model="m", **{k: v for k, v in gpu.items() if k in ("enable_sleep_mode", "weight_transfer_config")})
+    assert args.weight_transfer_config.backend == "nccl"  # vLLM's own config type accepts what we pass
+    cpu = engine_kwargs(GenerationConfig(), 1024, 1, on_gpu=False, sleep_mode=True, nccl_weights=True)
+    assert "enable_sleep_mode" not in cpu and "weight_transfer_config" not in cpu
+
+
+class _RecordingLLM:
+    def __init__(self) -> None:
+        self.rpcs: list[tuple] = []
+
+    def collective_rpc(self, method, kwargs=None):
+        self.rpcs.append((method, kwargs))
+
+    def reset_prefix_cache(self):
+        self.rpcs.append(("reset_prefix_cache", None))
+
+
+class _Handle:
+    """Stands in for a Ray actor handle: ``h.method.remote(*args)`` calls the method and returns its result."""
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+
+    def __getattr__(self, name):
+        method = getattr(self.obj, name)
+        return type("M", (), {"remote": staticmethod(lambda *a, **k: method(*a, **k))})
+
+
+def test_vllms_ray_client_drives_our_generator_control_plane(monkeypatch):
+    """vLLM's RayVLLMWeightSyncClient (what the trainer uses) calls GeneratorActor methods by name; each must reach
+    the vLLM worker RPC of the same step with the payload vLLM's worker expects."""
+    import ray
+    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
+
+    from sppo_ray.generation.actor import GeneratorActor
+    from sppo_ray.generation.engine_loop import SharedEngine
+
+    actor = GeneratorActor.__new__(GeneratorActor)
+    actor.llm, actor.version = _RecordingLLM(), 3
+    actor.engine = SharedEngine.__new__(SharedEngine)
+    monkeypatch.setattr(SharedEngine, "call", lambda self, fn: fn())
+    monkeypatch.setattr(ray, "get", lambda refs: refs)
+    client = RayVLLMWeightSyncClient([_Handle(actor)])
+    client.init_weight_transfer_engine({"master_address": "10.0.0.1", "master_port": 29555})
+    client.start_weight_update()
+    client.update_weights({"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2, 2]]})
+    client.finish_weight_update(weight_version="4")
+    client.shutdown_weight_transfer_engine()
+    assert actor.llm.rpcs == [
+        ("init_weight_transfer_engine", {"init_info": {"master_address": "10.0.0.1", "master_port": 29555}}),
+        ("start_weight_update", None),
+        ("update_weights", {"update_info": {"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2, 2]]}}),
+        ("finish_weight_update", None), ("reset_prefix_cache", None),
+        ("shutdown_weight_transfer_engine", None)]
+    assert actor.version == 4  # the generator now serves the version the trainer named
