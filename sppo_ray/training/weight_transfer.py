@@ -87,6 +87,8 @@ def send_policy(module: torch.nn.Module, zero3: bool, generators: list[Any], ver
     client = RayVLLMWeightSyncClient(generators)
     info = NCCLTrainerInitInfo(master_address=address, master_port=port, world_size=1 + len(generators), rank=rank)
     try:
+        if rank == 0:  # the engines slept through training: their weight memory must exist before it is written
+            ray.get([g.wake_up.remote(["weights"]) for g in generators])
         engine = NCCLTrainerWeightTransferEngine.trainer_init(info, client=client, source=source)
     except Exception as err:  # noqa: BLE001 - rank 0 could not open the group: fall back to the files
         for _ in source.iterate():  # still join every gather the other ranks run
