@@ -95,7 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: each stage against its bare engine, same run")
     p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "round", "memory", "all"])
-    p.add_argument("--config", default="jobs/tiny-cpu.yaml")
+    # The LLM-judge job: the judging benchmark times a model judge (the default job's verifier costs next to nothing).
+    p.add_argument("--config", default="jobs/tiny-llm-judge.yaml")
     _add_overrides(p)
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")
     p.add_argument("--tiny", action="store_true", help="smallest sizes (what CI runs)")

@@ -19,7 +19,7 @@ JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if p.name != "runtime_en
 
 def test_jobs_exist():
     names = {p.name for p in JOBS}
-    assert {"tiny-cpu.yaml", "paper-llama3-8b.yaml", "paper-mistral-7b.yaml"} <= names
+    assert {"tiny-cpu.yaml", "tiny-llm-judge.yaml", "paper-llama3-8b.yaml", "paper-mistral-7b.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
@@ -35,8 +35,11 @@ def test_every_job_yaml_parses(path):
 
 def test_tiny_cpu_values():
     cfg = load_config(REPO / "jobs" / "tiny-cpu.yaml")
-    assert (cfg.iterations, cfg.generation.k, cfg.training.beta) == (2, 3, 0.05)
+    assert (cfg.iterations, cfg.generation.k, cfg.training.beta) == (2, 4, 0.05)
     assert cfg.generation.dtype == "float32"
+    # the default demo is judged by IFEval's checkers on the verifiable prompts; the LLM judge has its own job
+    assert (cfg.judge.kind, cfg.data.prompts) == ("verifier", "embedded:verifiable")
+    assert load_config(REPO / "jobs" / "tiny-llm-judge.yaml").judge.kind == "llm"
     # omitted keys take defaults
     assert cfg.generation.overlong_prompts == "truncate"
 
