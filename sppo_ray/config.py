@@ -81,13 +81,15 @@ class GenerationConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     # Run vLLM without CUDA graphs. None: eager on CPU (required there), CUDA graphs on GPUs (faster decoding).
     enforce_eager: bool | None = None
-    # vLLM sleep level of a generator while others use its GPU (colocated layout on GPUs): 1 keeps the weights in
-    # host memory (one copy per engine), 2 discards them (the next broadcast loads new ones anyway). No-op on CPU.
-    sleep_level: Literal[1, 2] = 1
-    # How π_{t+1} reaches the generators: "nccl" from DeepSpeed rank 0 through vLLM's weight-transfer API at the end
-    # of the fit (GPU training and generators), "files" from the exported directory; "auto": nccl when both train
-    # and generate on GPUs. The export is written either way (resume, users) and is the fallback if NCCL fails.
-    weight_sync: Literal["auto", "nccl", "files"] = "auto"
+    # vLLM sleep level of a generator while others use its GPU (colocated layout on GPUs): 2 discards the weights
+    # (the next broadcast brings new ones anyway), 1 keeps them in host memory (one copy per engine, ~116 GB a node
+    # for 8 engines of a 7B model). No-op on CPU.
+    sleep_level: Literal[1, 2] = 2
+    # How π_{t+1} reaches the generators: "direct" from the train workers through vLLM's weight-transfer API at the
+    # end of the fit (CUDA IPC from the train worker on the same GPU in the colocated layout, NCCL from rank 0 in
+    # the disaggregated one), "files" from the exported directory; "auto": direct when both train and generate on
+    # GPUs. The export is written first either way (resume, users) and is the fallback if the transfer fails.
+    weight_sync: Literal["auto", "direct", "files"] = "auto"
     # Prompts handed to one generator actor per call (at most; a round's prompts are split so that every generator
     # gets at least two calls). A generator runs two calls at once in one engine, so calls can be small.
     batch_size: int = Field(16, ge=1)
@@ -234,9 +236,13 @@ class ResourcesConfig(_Section):
         if any(gpus) and not all(gpus):
             raise ValueError("resources: in the colocated layout generator_gpus, judge_gpus and train_use_gpu are all "
                              "set (a GPU per bundle shared by the roles) or all off (CPU bundles)")
-        if self.train_use_gpu and not self.generator_gpus + self.judge_gpus < 1:
-            raise ValueError(f"resources: generator_gpus + judge_gpus ({self.generator_gpus + self.judge_gpus:g}) "
-                             "must leave part of each GPU to its train worker in the colocated layout (e.g. 0.4 + 0.1)")
+        share = self.generator_gpus + self.judge_gpus
+        if self.train_use_gpu and not 0.5 < share < 1:
+            # Ray places a fractional request on the GPU it fits most tightly: two bundles of <= 0.5 would share a
+            # GPU and leave another empty; above 0.5 each bundle gets a GPU of its own, and each train worker then
+            # fits only the gap beside one bundle.
+            raise ValueError(f"resources: generator_gpus + judge_gpus ({share:g}) must be above 0.5 (one bundle per "
+                             "GPU) and below 1 (the rest is the train worker's) in the colocated layout, e.g. 0.5 + 0.1")
         return self
 
 
@@ -271,16 +277,19 @@ class RunConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
 
     @property
-    def nccl_weight_sync(self) -> bool:
-        """Whether π_{t+1} goes from train rank 0 to the generators over NCCL (see training/weight_transfer.py)."""
+    def weight_transfer(self) -> str | None:
+        """vLLM weight-transfer backend that carries π_{t+1} from the train workers to the generators ("ipc" when
+        colocated, "nccl" otherwise; see training/weight_transfer.py), or None: from the exported files."""
         r, mode = self.resources, self.generation.weight_sync
-        return mode == "nccl" or (mode == "auto" and r.train_use_gpu and r.generator_gpus > 0)
+        if mode == "files" or not (r.train_use_gpu and r.generator_gpus > 0):
+            return None
+        return "ipc" if r.placement == "colocated" else "nccl"
 
     @model_validator(mode="after")
-    def _nccl_needs_gpus(self) -> "RunConfig":
+    def _direct_needs_gpus(self) -> "RunConfig":
         r = self.resources
-        if self.generation.weight_sync == "nccl" and not (r.train_use_gpu and r.generator_gpus > 0):
-            raise ValueError("generation.weight_sync: nccl needs GPU training (resources.train_use_gpu) and GPU "
+        if self.generation.weight_sync == "direct" and not (r.train_use_gpu and r.generator_gpus > 0):
+            raise ValueError("generation.weight_sync: direct needs GPU training (resources.train_use_gpu) and GPU "
                              "generators (resources.generator_gpus > 0); use files on CPU")
         return self
 

@@ -215,7 +215,7 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     memory["judge"] = {"weights": PAIRRM_PARAMS * judge_bytes / GIB, "activations": judge_act / GIB,
                        "total": (PAIRRM_PARAMS * judge_bytes + judge_act) / GIB}
     if colocated:
-        memory["per_stage"] = _colocated_peaks(cfg, memory, weight_gib)
+        memory["per_stage"] = _colocated_peaks(cfg, memory, weight_gib, arch.largest_layer_params * 2 / GIB)
         for stage, peak in memory["per_stage"].items():
             if peak > cluster.gpu_memory_gib:
                 problems.append(f"{stage}: the roles on one GPU need {peak:.1f} GiB in this stage, the GPUs have "
@@ -259,17 +259,21 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     }
 
 
+# vLLM's packed weight transfer stages parameters in 1 GiB buffers (DEFAULT_PACKED_BUFFER_SIZE_BYTES).
+TRANSFER_BUFFER_GIB = 1.0
 # GPU memory a process keeps for its CUDA context while its role sleeps or is offloaded (GiB, measured figures for
 # recent drivers are 0.3-0.6).
 CUDA_CONTEXT_GIB = 0.5
 
 
-def _colocated_peaks(cfg: RunConfig, memory: dict[str, dict[str, float]], weight_gib: float) -> dict[str, float]:
+def _colocated_peaks(cfg: RunConfig, memory: dict[str, dict[str, float]], weight_gib: float,
+                     largest_layer_gib: float) -> dict[str, float]:
     """GiB on one GPU in each stage of the colocated layout: the active role's memory plus what the idle ones keep.
 
     generate: the engine's share (gpu_memory_utilization of the GPU; the judge is on host, no train worker);
     judge: the judge, the sleeping engine's context; train: ZeRO states and activations beside both idle contexts;
-    broadcast (the NCCL transfer at the end of the fit): the train states, plus the engine's woken weights.
+    broadcast (the CUDA IPC transfer at the end of the fit): the train states, the engine's woken weights, the
+    gathered copy of the largest parameter and vLLM's 1 GiB packing buffer.
     """
     ctx = CUDA_CONTEXT_GIB
     train = memory["train"]["model_states"] + memory["train"]["activations"]
@@ -277,7 +281,8 @@ def _colocated_peaks(cfg: RunConfig, memory: dict[str, dict[str, float]], weight
         "generate": memory["generate"]["total"] + ctx,
         "judge": memory["judge"]["total"] + 2 * ctx,
         "train": train + 2 * ctx,
-        "broadcast": memory["train"]["model_states"] + weight_gib / cfg.resources.tensor_parallel + 2 * ctx,
+        "broadcast": (memory["train"]["model_states"] + weight_gib / cfg.resources.tensor_parallel
+                      + largest_layer_gib + TRANSFER_BUFFER_GIB + 2 * ctx),
     }
 
 
@@ -316,8 +321,8 @@ def _stages(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec, gen_gpus: 
     ]
 
 
-# Bytes per second: NCCL's packed broadcast from train rank 0 (NVLink inside a node is faster; 25 GB/s is a
-# 200 Gb/s InfiniBand link between nodes) and one engine's weights between host and GPU (PCIe 4 x16, pinned).
+# Bytes per second: the weight transfer (CUDA IPC copies within a GPU are far faster; 25 GB/s is NCCL over a
+# 200 Gb/s InfiniBand link, the slowest case) and one engine's weights between host and GPU (PCIe 4 x16, pinned).
 NCCL_BYTES_PER_S = 25e9
 HOST_GPU_BYTES_PER_S = 20e9
 
@@ -329,8 +334,9 @@ def _broadcast_stage(cfg: RunConfig, gen_gpus: int, total: int, weight_bytes: fl
                          load_s / max(1, cfg.resources.generators), weight_bytes / 2e9, reference)
     # sleep level 1 moves each engine's weights to host and back once a round; level 2 only reallocates
     moves = 2 * weight_bytes / HOST_GPU_BYTES_PER_S if cfg.generation.sleep_level == 1 else 0.0
-    send = weight_bytes / NCCL_BYTES_PER_S if cfg.nccl_weight_sync else load_s
-    how = "NCCL from train rank 0" if cfg.nccl_weight_sync else "every engine reads the export"
+    send = weight_bytes / NCCL_BYTES_PER_S if cfg.weight_transfer else load_s
+    how = {"ipc": "CUDA IPC from the train worker on each GPU", "nccl": "NCCL from train rank 0",
+           None: "every engine reads the export"}[cfg.weight_transfer]
     return StagePlan("broadcast", {"generators": gen_gpus, "train_workers": gen_gpus}, total - gen_gpus, send + moves,
                      weight_bytes / 2e9, [f"ours: {how}, plus {moves:.0f} s of engine sleep/wake", *reference])
 

@@ -54,7 +54,7 @@ def _sampling(**kwargs: Any) -> Any:
 
 
 def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1, sleep_mode: bool = False,
-                 nccl_weights: bool = False) -> Any:
+                 weight_transfer: str | None = None) -> Any:
     """A vLLM ``LLM`` running in this process, with the run's engine settings (see ``vllm_compat.engine_kwargs``).
 
     On CPU its threads come from OMP_NUM_THREADS, which the actor's options set (see ``generator_options``).
@@ -71,7 +71,7 @@ def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 
     max_model_len = cfg.max_model_len or cfg.max_prompt_tokens + cfg.max_new_tokens
     return LLM(model=model_path, dtype=_engine_dtype(cfg.dtype),
                **engine_kwargs(cfg, max_model_len, tensor_parallel, on_gpu=torch.cuda.is_available(),
-                               sleep_mode=sleep_mode, nccl_weights=nccl_weights))
+                               sleep_mode=sleep_mode, weight_transfer=weight_transfer))
 
 
 class GeneratorActor:
@@ -83,8 +83,10 @@ class GeneratorActor:
         tensor_parallel: vLLM tensor parallel size (GPU clusters; 1 on CPU).
         sleep_mode: build the engine to sleep while other roles use its GPU (colocated layout; see
             generation/sleep.py). On CPU the sleeps are recorded no-ops.
-        nccl_weights: build the engine with vLLM's NCCL weight-transfer engine, so the trainer can send π_{t+1}
-            straight from GPU memory (see training/weight_transfer.py). GPU only.
+        weight_transfer: "ipc" or "nccl": build the engine with vLLM's weight-transfer engine of that backend, so
+            the train workers can hand over π_{t+1} straight from GPU memory (see training/weight_transfer.py). GPU
+            only.
+        index: this generator's position in the pool (its NCCL rank is 1 + index x tensor_parallel).
 
     The engine runs inside this actor's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so weights can be handed to it
     as Ray objects and reloaded without a restart; start-up takes ~11 s on 2 CPU cores instead of ~43 s.
@@ -93,14 +95,15 @@ class GeneratorActor:
     """
 
     def __init__(self, model_path: str, cfg: GenerationConfig, tensor_parallel: int = 1, sleep_mode: bool = False,
-                 nccl_weights: bool = False) -> None:
+                 weight_transfer: str | None = None, index: int = 0) -> None:
         import torch
 
         self.cfg = cfg
         self.version = 0
         started = time.perf_counter()
         on_gpu = torch.cuda.is_available()
-        self.engine = SharedEngine(lambda: build_engine(model_path, cfg, tensor_parallel, sleep_mode, nccl_weights))
+        self.index, self.tensor_parallel = index, tensor_parallel
+        self.engine = SharedEngine(lambda: build_engine(model_path, cfg, tensor_parallel, sleep_mode, weight_transfer))
         self.llm = self.engine.llm
         self.sleeper = EngineSleep(self.llm, cfg.sleep_level, real=sleep_mode and on_gpu)
         self.tokenizer = self.llm.get_tokenizer()
@@ -235,9 +238,14 @@ class GeneratorActor:
     # -- vLLM's weight-transfer control plane, called by vllm's RayVLLMWeightSyncClient from train rank 0 -------
 
     def init_weight_transfer_engine(self, request: Any) -> None:
-        """Join the NCCL group of the trainer's weight-transfer engine (blocks until the trainer joins)."""
-        self.engine.call(lambda: self.llm.collective_rpc("init_weight_transfer_engine",
-                                                         kwargs={"init_info": request.init_info}))
+        """Set up the receiving side (NCCL: join the trainer's group, blocking until it joins).
+
+        vLLM gives every engine of the request the same NCCL rank offset (it expects one engine with data-parallel
+        ranks); ours are separate engines, so each takes the ranks after its predecessors'."""
+        info = dict(request.init_info)
+        if "rank_offset" in info:
+            info["rank_offset"] = 1 + self.index * self.tensor_parallel
+        self.engine.call(lambda: self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": info}))
 
     def start_weight_update(self) -> None:
         self.engine.call(lambda: self.llm.collective_rpc("start_weight_update"))

@@ -79,19 +79,19 @@ def generator_options(res: ResourcesConfig) -> dict[str, Any]:
 
 
 def build_generator_actors(model_path: str, cfg: GenerationConfig, res: ResourcesConfig, placement: Any = None,
-                           nccl_weights: bool = False) -> list[Any]:
+                           weight_transfer: str | None = None) -> list[Any]:
     """Start the generator pool and wait until every engine is up.
 
     ``placement`` (a :class:`~sppo_ray.orchestration.colocation.Colocation`) puts generator ``i`` into bundle ``i``
-    and builds the engines to sleep while the other roles use their GPUs; ``nccl_weights`` builds them to receive
-    π_{t+1} from the trainer over NCCL. Actors restart if their process dies (``max_restarts``); a call in flight
+    and builds the engines to sleep while the other roles use their GPUs; ``weight_transfer`` ("ipc", "nccl")
+    builds them to receive π_{t+1} from the train workers through vLLM's weight-transfer API. Actors restart if their process dies (``max_restarts``); a call in flight
     then fails and the stage retries it, first bringing the restarted engine (which holds π_0) to the expected
     policy version.
     """
     options = dict(**generator_options(res), max_restarts=3, max_task_retries=0, max_concurrency=CALLS_PER_GENERATOR)
     actors = [
         ray.remote(GeneratorActor).options(**options, **(placement.options(i) if placement else {}))
-        .remote(model_path, cfg, res.tensor_parallel, placement is not None, nccl_weights)
+        .remote(model_path, cfg, res.tensor_parallel, placement is not None, weight_transfer, i)
         for i in range(res.generators)
     ]
     ray.get([a.ready.remote() for a in actors])

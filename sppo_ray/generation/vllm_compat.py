@@ -72,11 +72,11 @@ def check_vllm(version: str | None = None, reload_signature: inspect.Signature |
 
 
 def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: int, on_gpu: bool,
-                  sleep_mode: bool = False, nccl_weights: bool = False) -> dict[str, Any]:
+                  sleep_mode: bool = False, weight_transfer: str | None = None) -> dict[str, Any]:
     """``vllm.LLM`` arguments for the run's generation config.
 
     On GPUs, ``sleep_mode`` builds the engine with vLLM's sleep mode (colocated layout, see generation/sleep.py) and
-    ``nccl_weights`` with vLLM's NCCL weight-transfer engine (``weight_transfer_config``, see
+    ``weight_transfer`` ("ipc" or "nccl") with vLLM's weight-transfer engine of that backend (``weight_transfer_config``, see
     training/weight_transfer.py). Neither exists on CPU, where both are ignored.
 
     CPU work-arounds stay on CPU: there chunked prefill is off (a seeded request's partial prefill made vLLM rewind
@@ -94,8 +94,8 @@ def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: in
     }
     if on_gpu and sleep_mode:
         kwargs["enable_sleep_mode"] = True
-    if on_gpu and nccl_weights:
-        kwargs["weight_transfer_config"] = {"backend": "nccl"}
+    if on_gpu and weight_transfer:
+        kwargs["weight_transfer_config"] = {"backend": weight_transfer}
     if not on_gpu:
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)  # every prefill fits in one step

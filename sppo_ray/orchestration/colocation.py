@@ -117,4 +117,5 @@ def where_am_i() -> dict[str, Any]:
         names = []
     bundles = sorted({int(parts[2]) for parts in (n.split("_") for n in names)
                       if len(parts) > 3 and parts[1] == "group" and parts[2].isdigit()})
-    return {"node_id": ctx.get_node_id(), "placement_group_id": ctx.get_placement_group_id(), "bundles": bundles}
+    return {"node_id": ctx.get_node_id(), "placement_group_id": ctx.get_placement_group_id(), "bundles": bundles,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}

@@ -130,7 +130,8 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     with timer("train"):
         model_dir, train_metrics = _train(t, rd, config, session)
     with timer("broadcast"):
-        session.broadcast(policy_weights(model_dir, t + 1))
+        session.broadcast(policy_weights(model_dir, t + 1), after_transfer="train" not in skipped
+                          and config.weight_transfer is not None)
     probe = session.probe(PROBE_QUESTION)
     timer.finish(skipped)
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
@@ -203,7 +204,9 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Pat
     start_model = session.base_policy if t == 0 else Path(rd.local_path(f"round_{t - 1}/model"))
     if not rd.done(t, "train"):
         session.enter("train")
-        send_to = (session.generator_actors, t + 1) if config.nccl_weight_sync else None  # π_{t+1} over NCCL
+        # π_{t+1} also straight from the train workers' GPUs into the engines, after the export
+        send_to = (session.generator_actors, t + 1, config.weight_transfer, config.resources.tensor_parallel) \
+            if config.weight_transfer else None
         result = run_training(rd.local_path(f"round_{t}/train.parquet"), str(start_model),
                               Path(rd.local_path(rel)), config.training, config.resources,
                               storage_path=rd.local_path("ray_train"), name=f"round_{t}", send_to=send_to)

@@ -44,6 +44,19 @@ def init_ray(config: RunConfig) -> bool:
     return True
 
 
+def _restart(actors: list[Any], attempts: int = 120) -> None:
+    """Kill actors so that Ray restarts them (their ``max_restarts``), and wait until each is up again."""
+    for actor in actors:
+        ray.kill(actor, no_restart=False)
+    for actor in actors:
+        for _ in range(attempts):
+            try:
+                ray.get(actor.ready.remote())
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                time.sleep(5)
+
+
 def object_store_weights(model_dir: Path, version: int) -> PolicyWeights:
     """A model directory's whole state dict as one Ray object owned by the caller.
 
@@ -68,7 +81,7 @@ class Session:
     # Colocated layout: the placement group and the roles' residency per stage (None: disaggregated).
     colocation: Colocation | None = None
     residency: Residency | None = None
-    # How each broadcast reached the generators: "trainer" (NCCL from train rank 0) or "files"/"object store".
+    # How each broadcast reached the generators: "trainer" (handed over by the train workers) or "files"/"object store".
     broadcasts: list[str] = field(default_factory=list)
 
     @classmethod
@@ -77,7 +90,7 @@ class Session:
         res = config.resources
         colocation = Colocation.create(res) if res.placement == "colocated" else None
         generators = build_generator_actors(str(policy_path), config.generation, res, colocation,
-                                            nccl_weights=config.nccl_weight_sync)
+                                            weight_transfer=config.weight_transfer)
         judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, res, colocation)
         weights = PolicyWeights(0, path=str(policy_path))
         residency = Residency(generators, judges) if colocation else None
@@ -91,11 +104,13 @@ class Session:
         if self.residency is not None:
             self.residency.enter(stage)
 
-    def broadcast(self, weights: PolicyWeights) -> float:
+    def broadcast(self, weights: PolicyWeights, after_transfer: bool = False) -> float:
         """Bring every generator to a policy version in place; returns the wall seconds.
 
-        Generators that already hold it (sent by train rank 0 over NCCL at the end of the fit, see
+        Generators that already hold it (handed over by the train workers at the end of the fit, see
         training/weight_transfer.py) are left alone; otherwise it is loaded from its directory or object.
+        ``after_transfer``: the fit just tried to hand it over; a generator without it may be stuck in the failed
+        transfer (blocked in a receive, weights half replaced), so it is restarted before the load.
         """
         started = time.perf_counter()
         self.enter("broadcast")
@@ -103,6 +118,8 @@ class Session:
         if all(v == weights.version for v in held):
             self.broadcasts.append("trainer")
         else:
+            if after_transfer:
+                _restart([a for a, v in zip(self.generator_actors, held) if v != weights.version])
             push_weights(self.generator_actors, weights)
             self.broadcasts.append("files" if weights.path is not None else "object store")
         self.weights, self.generator_version = weights, weights.version

@@ -54,7 +54,7 @@ def run_training(
     storage_path: str,
     name: str,
     worker_env: dict[str, str] | None = None,
-    send_to: tuple[list[Any], int] | None = None,
+    send_to: tuple[list[Any], int, str, int] | None = None,
 ) -> TrainResult:
     """Fit π_t -> π_{t+1} on one round's training set and copy the exported model to ``out_dir``.
 
@@ -62,9 +62,9 @@ def run_training(
     A worker that dies mid-fit makes Ray Train restart the group from the last DeepSpeed checkpoint
     (``cfg.checkpoint_every``), up to ``cfg.max_failures`` times. ``worker_env`` is set in every worker's
     environment before training starts (e.g. NCCL or DeepSpeed variables). ``send_to`` = (generator actors,
-    version): after the export, rank 0 also sends the weights to those generators over NCCL through vLLM's
-    weight-transfer API (GPU only; see training/weight_transfer.py); ``TrainResult.phases["weights_sent"]`` says
-    whether it did.
+    version, backend, tensor parallel size): after the export, the workers also hand the weights to those
+    generators through vLLM's weight-transfer API ("ipc" or "nccl"; GPU only; see training/weight_transfer.py).
+    Whether it worked shows in the generators' version (``Session.broadcast`` checks it).
 
     Workers get a whole GPU each, or in the colocated layout the share of it that the generator and judge bundle
     leaves (``resources.train_gpu_share``): one worker fits per GPU, so they land one per GPU.

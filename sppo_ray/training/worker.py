@@ -353,7 +353,8 @@ def _step_metrics(step, epoch, losses, stats, engine, scheduler, tokens, world, 
 
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Ray Train entry point. ``config``: {"model_path", "training" (TrainingConfig as a dict), "cpus_per_worker",
-    "env", "send_to" (None, or [generator actors, version] to send π_{t+1} to over NCCL)}."""
+    "env", "send_to" (None, or [generator actors, version, backend, tensor parallel size]: whom to hand π_{t+1}
+    to through vLLM's weight-transfer API after the export)}."""
     import ray.train
 
     t = config["training"]
@@ -400,14 +401,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     check = _export_check(engine, rows, batches, t, pad_id)
     info = {"load": load_info, "reference_pass": ref_info, "precision": t["precision"], "zero_stage": t["zero_stage"],
             "gradient_checkpointing": t["gradient_checkpointing"], "attn_implementation": t["attn_implementation"]}
-    if config.get("send_to"):  # π_{t+1} to the generators over NCCL before the export (GPU; every rank joins)
-        from sppo_ray.training.weight_transfer import rendezvous, send_policy
-
-        generators, version = config["send_to"]
-        info["weight_transfer"] = send_policy(engine.module, t["zero_stage"] == 3, generators, version, rank,
-                                              *rendezvous(rank))
-        timer.lap("weight_transfer")
     _export(engine, tokenizer, t, rank, {"train_metrics.jsonl": "".join(json.dumps(m) + "\n" for m in metrics_log),
                                          "export_check.json": json.dumps(check), "train_info.json": json.dumps(info)},
             timer)
+    if config.get("send_to"):  # then π_{t+1} straight into the engines (GPU; every rank joins the gathers)
+        from sppo_ray.training.weight_transfer import send_policy
+
+        generators, version, backend, tp = config["send_to"]
+        outcome = send_policy(engine.module, t["zero_stage"] == 3, generators, version, rank, backend, tp)
+        if rank == 0:
+            print(f"weight transfer ({backend}) of v{version}: {outcome}", flush=True)
     return metrics_log

@@ -194,16 +194,19 @@ def test_flash_attention_without_the_package_is_a_clear_error(monkeypatch):
 def test_layout_defaults_to_colocated_on_gpus_only():
     assert load_config(REPO / "jobs" / "tiny-cpu.yaml").resources.placement == "disaggregated"
     gpu = load_config(REPO / "jobs" / "paper-mistral-7b.yaml")
-    assert gpu.resources.placement == "colocated" and gpu.nccl_weight_sync
-    assert gpu.resources.train_gpu_share == pytest.approx(0.5)  # what the generator (0.4) and judge (0.1) leave
+    assert gpu.resources.placement == "colocated" and gpu.weight_transfer == "ipc"  # CUDA IPC on a shared GPU
+    assert gpu.resources.train_gpu_share == pytest.approx(0.4)  # what the generator (0.5) and judge (0.1) leave
     off = load_config(REPO / "jobs" / "paper-mistral-7b.yaml", ["generation.weight_sync=files"])
-    assert not off.nccl_weight_sync
+    assert off.weight_transfer is None
+    apart = load_config(REPO / "jobs" / "paper-mistral-7b.yaml", ["resources.layout=disaggregated"])
+    assert apart.weight_transfer == "nccl"  # engines on GPUs of their own: NCCL from rank 0
 
 
 @pytest.mark.parametrize("changes, message", [
     (["resources.generators=2"], r"generators must be 8 and judges at most 8 \(got generators=2, judges=8\)"),
     (["resources.tensor_parallel=2"], r"tensor_parallel must be 1 in the colocated layout"),
-    (["resources.generator_gpus=0.6", "resources.judge_gpus=0.4"], r"generator_gpus \+ judge_gpus \(1\) must leave"),
+    (["resources.generator_gpus=0.6", "resources.judge_gpus=0.4"], r"generator_gpus \+ judge_gpus \(1\) must be above 0.5"),
+    (["resources.generator_gpus=0.4"], r"\(0.5\) must be above 0.5 \(one bundle per GPU\)"),
     (["resources.judge_gpus=0"], r"all set \(a GPU per bundle shared by the roles\) or all off"),
 ])
 def test_colocated_layout_errors_name_the_fields(changes, message):
@@ -211,6 +214,6 @@ def test_colocated_layout_errors_name_the_fields(changes, message):
         load_config(REPO / "jobs" / "paper-mistral-7b.yaml", changes)
 
 
-def test_nccl_weight_sync_needs_gpus():
-    with pytest.raises(ConfigError, match="generation.weight_sync: nccl needs GPU training"):
-        load_config(REPO / "jobs" / "tiny-cpu.yaml", ["generation.weight_sync=nccl"])
+def test_direct_weight_sync_needs_gpus():
+    with pytest.raises(ConfigError, match="generation.weight_sync: direct needs GPU training"):
+        load_config(REPO / "jobs" / "tiny-cpu.yaml", ["generation.weight_sync=direct"])

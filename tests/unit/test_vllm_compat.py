@@ -54,11 +54,11 @@ def test_enforce_eager_from_config_wins_on_gpu():
 def test_sleep_mode_and_nccl_transfer_only_on_gpu():
     from vllm.engine.arg_utils import EngineArgs
 
-    gpu = engine_kwargs(GenerationConfig(), 1024, 1, on_gpu=True, sleep_mode=True, nccl_weights=True)
-    assert gpu["enable_sleep_mode"] is True and gpu["weight_transfer_config"] == {"backend": "nccl"}
+    gpu = engine_kwargs(GenerationConfig(), 1024, 1, on_gpu=True, sleep_mode=True, weight_transfer="ipc")
+    assert gpu["enable_sleep_mode"] is True and gpu["weight_transfer_config"] == {"backend": "ipc"}
     args = EngineArgs(model="m", **{k: v for k, v in gpu.items() if k in ("enable_sleep_mode", "weight_transfer_config")})
-    assert args.weight_transfer_config.backend == "nccl"  # vLLM's own config type accepts what we pass
-    cpu = engine_kwargs(GenerationConfig(), 1024, 1, on_gpu=False, sleep_mode=True, nccl_weights=True)
+    assert args.weight_transfer_config.backend == "ipc"  # vLLM's own config type accepts what we pass
+    cpu = engine_kwargs(GenerationConfig(), 1024, 1, on_gpu=False, sleep_mode=True, weight_transfer="nccl")
     assert "enable_sleep_mode" not in cpu and "weight_transfer_config" not in cpu
 
 
@@ -94,18 +94,20 @@ def test_vllms_ray_client_drives_our_generator_control_plane(monkeypatch):
     from sppo_ray.generation.engine_loop import SharedEngine
 
     actor = GeneratorActor.__new__(GeneratorActor)
-    actor.llm, actor.version = _RecordingLLM(), 3
+    actor.llm, actor.version, actor.index, actor.tensor_parallel = _RecordingLLM(), 3, 2, 1
     actor.engine = SharedEngine.__new__(SharedEngine)
     monkeypatch.setattr(SharedEngine, "call", lambda self, fn: fn())
     monkeypatch.setattr(ray, "get", lambda refs: refs)
     client = RayVLLMWeightSyncClient([_Handle(actor)])
-    client.init_weight_transfer_engine({"master_address": "10.0.0.1", "master_port": 29555})
+    client.init_weight_transfer_engine({"master_address": "10.0.0.1", "master_port": 29555, "rank_offset": 1})
     client.start_weight_update()
     client.update_weights({"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2, 2]]})
     client.finish_weight_update(weight_version="4")
     client.shutdown_weight_transfer_engine()
     assert actor.llm.rpcs == [
-        ("init_weight_transfer_engine", {"init_info": {"master_address": "10.0.0.1", "master_port": 29555}}),
+        # vLLM gives every engine rank offset 1; generator 2 of the pool takes NCCL rank 3
+        ("init_weight_transfer_engine", {"init_info": {"master_address": "10.0.0.1", "master_port": 29555,
+                                                       "rank_offset": 3}}),
         ("start_weight_update", None),
         ("update_weights", {"update_info": {"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2, 2]]}}),
         ("finish_weight_update", None), ("reset_prefix_cache", None),
