@@ -38,7 +38,7 @@ def test_every_role_runs_in_its_bundle(colocated_run):
 def test_engines_sleep_around_training_and_wake_for_the_broadcast(colocated_run):
     report = colocated_run["report"]
     assert [s["stage"] for s in report["stages"]] == ["generate"] + ["generate", "judge", "train", "broadcast"] * 2
-    cycle = [("sleep", 1), ("wake_up", ["weights"]), ("wake_up", None)] * 2
+    cycle = [("sleep", 2), ("wake_up", ["weights"]), ("wake_up", None)] * 2  # level 2: the default
     for n, events in enumerate(report["generator_sleep"]):
         # per round: asleep from judging through training, weights back for the broadcast, then the KV cache when
         # it next generates (generator 0 answers the probe after each broadcast; the others wake in the next round)
