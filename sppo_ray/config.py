@@ -242,7 +242,8 @@ class ResourcesConfig(_Section):
             # GPU and leave another empty; above 0.5 each bundle gets a GPU of its own, and each train worker then
             # fits only the gap beside one bundle.
             raise ValueError(f"resources: generator_gpus + judge_gpus ({share:g}) must be above 0.5 (one bundle per "
-                             "GPU) and below 1 (the rest is the train worker's) in the colocated layout, e.g. 0.5 + 0.1")
+                             "GPU) and below 1 (the rest is the train worker's) in the colocated layout, "
+                             "e.g. 0.5 + 0.1")
         return self
 
 

@@ -84,9 +84,9 @@ def build_generator_actors(model_path: str, cfg: GenerationConfig, res: Resource
 
     ``placement`` (a :class:`~sppo_ray.orchestration.colocation.Colocation`) puts generator ``i`` into bundle ``i``
     and builds the engines to sleep while the other roles use their GPUs; ``weight_transfer`` ("ipc", "nccl")
-    builds them to receive π_{t+1} from the train workers through vLLM's weight-transfer API. Actors restart if their process dies (``max_restarts``); a call in flight
-    then fails and the stage retries it, first bringing the restarted engine (which holds π_0) to the expected
-    policy version.
+    builds them to receive π_{t+1} from the train workers through vLLM's weight-transfer API. Actors restart if
+    their process dies (``max_restarts``); a call in flight then fails and the stage retries it, first bringing the
+    restarted engine (which holds π_0) to the expected policy version.
     """
     options = dict(**generator_options(res), max_restarts=3, max_task_retries=0, max_concurrency=CALLS_PER_GENERATOR)
     actors = [

@@ -76,8 +76,8 @@ def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: in
     """``vllm.LLM`` arguments for the run's generation config.
 
     On GPUs, ``sleep_mode`` builds the engine with vLLM's sleep mode (colocated layout, see generation/sleep.py) and
-    ``weight_transfer`` ("ipc" or "nccl") with vLLM's weight-transfer engine of that backend (``weight_transfer_config``, see
-    training/weight_transfer.py). Neither exists on CPU, where both are ignored.
+    ``weight_transfer`` ("ipc" or "nccl") with vLLM's weight-transfer engine of that backend
+    (``weight_transfer_config``, see training/weight_transfer.py). Neither exists on CPU, where both are ignored.
 
     CPU work-arounds stay on CPU: there chunked prefill is off (a seeded request's partial prefill made vLLM rewind
     a CPU random generator, "CPU Generator does not use offset", when a second batch joined a running engine) and
