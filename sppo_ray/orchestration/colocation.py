@@ -38,28 +38,29 @@ def bundle_resources(res: ResourcesConfig) -> dict[str, float]:
 @dataclass
 class Colocation:
     placement_group: Any
-    bundles: int
 
     @classmethod
     def create(cls, res: ResourcesConfig, timeout_s: float = READY_TIMEOUT_S) -> "Colocation":
         """Reserve ``resources.train_workers`` bundles, packed onto as few nodes as they fit on.
 
         Raises:
-            RuntimeError: the cluster did not grant the bundles within ``timeout_s``; names what was asked.
+            PlanError: the cluster did not grant the bundles within ``timeout_s``; names what was asked.
         """
         from ray.util.placement_group import placement_group, remove_placement_group
 
+        from sppo_ray.planning import PlanError
+
         bundle = bundle_resources(res)
-        pg = placement_group([dict(bundle) for _ in range(res.train_workers)], strategy="PACK", name="sppo-colocated")
+        pg = placement_group([dict(bundle) for _ in range(res.train_workers)], strategy="PACK")
         try:
             ray.get(pg.ready(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
             remove_placement_group(pg)
-            raise RuntimeError(
+            raise PlanError(
                 f"resources: the colocated layout asked for {res.train_workers} bundles of {bundle} and the cluster "
                 f"did not grant them in {timeout_s:.0f} s (it has {ray.cluster_resources()}); lower "
                 "resources.train_workers or the per-role CPUs, or add nodes") from None
-        return cls(pg, res.train_workers)
+        return cls(pg)
 
     def options(self, index: int) -> dict[str, Any]:
         """Ray options that put an actor into bundle ``index``."""
@@ -67,13 +68,6 @@ class Colocation:
 
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement_group,
                                                                        placement_group_bundle_index=index)}
-
-    def bundle_nodes(self) -> list[str]:
-        """The node id of each bundle."""
-        from ray.util.placement_group import placement_group_table
-
-        table = placement_group_table(self.placement_group)
-        return [table["bundles_to_node_id"][i] for i in range(self.bundles)]
 
     def remove(self) -> None:
         from ray.util.placement_group import remove_placement_group

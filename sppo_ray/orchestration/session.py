@@ -140,7 +140,7 @@ class Session:
         return {
             "placement_group_id": table["placement_group_id"], "strategy": table["strategy"],
             "bundles": [{"index": i, "resources": table["bundles"][i], "node_id": node}
-                        for i, node in enumerate(self.colocation.bundle_nodes())],
+                        for i, node in sorted(table["bundles_to_node_id"].items())],
             "generators": ray.get([a.placement.remote() for a in self.generator_actors]),
             "judges": ray.get([a.placement.remote() for a in self.judge_actors]),
             "stages": list(self.residency.log),
