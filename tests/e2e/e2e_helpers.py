@@ -16,10 +16,10 @@ CLI = [sys.executable, "-m", "sppo_ray.cli"]
 LLM_JUDGE = {"kind": "llm", "batch_size": 16, "max_source_tokens": 128, "max_candidate_tokens": 48}
 
 # The shared e2e job: 2 rounds of 8 prompts, K=3, 8 held-out prompts. Its judge is the scripted length judge
-# (prefers the shorter response), a judge of known taste: the learning test checks that the rounds move the policy
-# its way. Up to 64 new tokens leaves room for answers to end by themselves (with 32 most were cut, and lengths
-# differed by noise); AdamW at 2e-5 for 2 epochs moves a 135M policy within 4 optimiser steps a round
-# (RMSprop at 3e-7 left the held-out answers unchanged).
+# (prefers the shorter response), a judge of known taste: test_run.py checks that the rounds move the policy its
+# way (the verifier judge's learning test runs the default demo job: test_demo.py). Up to 64 new tokens leaves room
+# for answers to end by themselves (with 32 most were cut, and lengths differed by noise); AdamW at 2e-5 for 2
+# epochs moves a 135M policy within 4 optimiser steps a round (RMSprop at 3e-7 left the held-out answers unchanged).
 TINY = {
     "name": "e2e",
     "iterations": 2,
