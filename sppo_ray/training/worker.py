@@ -165,7 +165,7 @@ def optimizer_step(engine, rows, micro_batches, t, pad_id, ref) -> tuple[int, li
         engine.backward(loss)
         engine.step()
         tokens += batch.num_tokens
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         stats.append(st)
     return tokens, losses, stats
 
