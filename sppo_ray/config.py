@@ -204,6 +204,11 @@ class ResourcesConfig(_Section):
     # time-share the cores on a small machine, so the active stage should use them all although each role
     # reserves only its own CPUs. (Ray would otherwise run each actor with OMP_NUM_THREADS=1.)
     actor_threads: int = Field(0, ge=0)
+    # The GPUs are logical only: the nodes declare GPUs (as Ray resources) that they do not have, so every role
+    # reserves its GPU share from Ray exactly as on a GPU cluster (placement groups, bundles, CUDA_VISIBLE_DEVICES)
+    # but computes on CPU: training over gloo, π_{t+1} loaded from the export. `sppo-ray rehearse` sets it on CPU
+    # nodes; a real GPU cluster never needs it.
+    logical_gpus: bool = False
     # Logical CPUs for a local Ray started by the driver (0: max(cores, what the roles reserve)); roles time-share
     # the cores on a small machine because only one stage is busy at a time.
     local_num_cpus: int = Field(0, ge=0)
@@ -282,16 +287,18 @@ class RunConfig(_Section):
         """vLLM weight-transfer backend that carries π_{t+1} from the train workers to the generators ("ipc" when
         colocated, "nccl" otherwise; see training/weight_transfer.py), or None: from the exported files."""
         r, mode = self.resources, self.generation.weight_sync
-        if mode == "files" or not (r.train_use_gpu and r.generator_gpus > 0):
+        if mode == "files" or r.logical_gpus or not (r.train_use_gpu and r.generator_gpus > 0):
             return None
         return "ipc" if r.placement == "colocated" else "nccl"
 
     @model_validator(mode="after")
     def _direct_needs_gpus(self) -> "RunConfig":
         r = self.resources
-        if self.generation.weight_sync == "direct" and not (r.train_use_gpu and r.generator_gpus > 0):
+        on_gpus = r.train_use_gpu and r.generator_gpus > 0 and not r.logical_gpus
+        if self.generation.weight_sync == "direct" and not on_gpus:
             raise ValueError("generation.weight_sync: direct needs GPU training (resources.train_use_gpu) and GPU "
-                             "generators (resources.generator_gpus > 0); use files on CPU")
+                             "generators (resources.generator_gpus > 0) on real GPUs (resources.logical_gpus off); "
+                             "use files on CPU")
         return self
 
     @model_validator(mode="after")

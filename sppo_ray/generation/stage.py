@@ -19,7 +19,7 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.actor import GeneratorActor
 from sppo_ray.generation.weights import ShardSource, has_files
-from sppo_ray.orchestration.verbosity import engine_log_env
+from sppo_ray.runtime import engine_log_env
 
 __all__ = [
     "GENERATION_SCHEMA",

@@ -82,7 +82,7 @@ class JudgeActor:
 
     def placement(self) -> dict[str, Any]:
         """Node, placement group and bundle this actor runs in (see orchestration/colocation.py)."""
-        from sppo_ray.orchestration.colocation import where_am_i
+        from sppo_ray.runtime import where_am_i
 
         return where_am_i()
 

@@ -1,4 +1,4 @@
-"""The colocated layout: one Ray placement group, one bundle per GPU (or per CPU slot), every role on every bundle.
+"""The colocated layout: one bundle per GPU (or per CPU slot), every role on every bundle.
 
 Bundle ``i`` holds generator ``i`` (``resources.generator_gpus`` of its GPU) and judge replica ``i``
 (``judge_gpus``); train worker ``i`` takes the rest of the same GPU. Ray Train schedules its workers in a placement
@@ -7,8 +7,15 @@ each GPU then has exactly ``1 - generator_gpus - judge_gpus`` free, room for one
 fractional-GPU accounting puts one worker on each GPU. Every stage uses every GPU; between stages the idle roles
 release their memory (engines sleep, judges move to host; see :class:`Residency`).
 
-On CPU the bundles hold CPUs only: the same placement group, actors and sleep/wake calls (recorded no-ops), so the
-orchestration is tested without a GPU.
+GPU bundles are reserved as one ``STRICT_PACK`` placement group per node, each pinned to its node by the
+``ray.io/node-id`` label Ray gives every node, with as many bundles as the node's GPUs hold
+(``sppo_ray/placement.py``): Ray 2.60 never grants one PACK group of fractional-GPU bundles that does not fit on a
+single node (16 bundles of 0.6 GPU over two 8-GPU nodes stay pending forever), while a group per node is granted at
+once and puts bundle j of node k on GPU j of that node. What the nodes cannot hold fails before anything is
+reserved, naming each node's capacity.
+
+On CPU the bundles hold CPUs only, in one PACK group: the same actors and sleep/wake calls (recorded no-ops), so
+the orchestration is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -20,59 +27,84 @@ from typing import Any
 import ray
 
 from sppo_ray.config import ResourcesConfig
+from sppo_ray.placement import assign_bundles, bundle_shape, bundles_on_node
 
-__all__ = ["Colocation", "Residency", "bundle_resources", "where_am_i"]
+__all__ = ["Colocation", "Residency"]
 
-# Seconds to wait for the cluster to grant the bundles before failing with what was asked.
+# Seconds to wait for resources that the cluster has but others hold (a layout it cannot hold fails at once).
 READY_TIMEOUT_S = 600.0
 
-
-def bundle_resources(res: ResourcesConfig) -> dict[str, float]:
-    """One bundle: the CPUs of a generator and a judge, and their GPU shares (none on CPU)."""
-    bundle = {"CPU": float(res.generator_cpus + res.judge_cpus)}
-    if res.generator_gpus + res.judge_gpus > 0:
-        bundle["GPU"] = float(res.generator_gpus + res.judge_gpus)
-    return bundle
+def _node_capacities(bundle: dict[str, float]) -> list[tuple[str, int]]:
+    """(node id, bundles it holds) for every alive node, largest first (ties by node id, so runs agree)."""
+    caps = [(n["NodeID"], bundles_on_node(bundle, n["Resources"])) for n in ray.nodes() if n["Alive"]]
+    return sorted((c for c in caps if c[1] > 0), key=lambda c: (-c[1], c[0]))
 
 
 @dataclass
 class Colocation:
-    placement_group: Any
+    # One placement group per node (GPU bundles) or a single one (CPU bundles).
+    groups: list[Any]
+    # Bundle i of the layout = (index into groups, bundle index inside that group).
+    slots: list[tuple[int, int]]
 
     @classmethod
     def create(cls, res: ResourcesConfig, timeout_s: float = READY_TIMEOUT_S) -> "Colocation":
-        """Reserve ``resources.train_workers`` bundles, packed onto as few nodes as they fit on.
+        """Reserve ``resources.train_workers`` bundles on as few nodes as they fit on.
 
         Raises:
-            PlanError: the cluster did not grant the bundles within ``timeout_s``; names what was asked.
+            PlanError: the nodes cannot hold the bundles (at once), or the cluster did not grant them within
+                ``timeout_s``; names what was asked and what each node holds.
         """
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import placement_group
 
         from sppo_ray.planning import PlanError
 
-        bundle = bundle_resources(res)
-        pg = placement_group([dict(bundle) for _ in range(res.train_workers)], strategy="PACK")
+        bundle, n = bundle_shape(res), res.train_workers
+        caps = _node_capacities(bundle)
+        counts = assign_bundles(n, [c for _, c in caps])
+        if counts is None:
+            held = ", ".join(f"node {nid[:8]}: {c}" for nid, c in caps) or "none"
+            raise PlanError(f"resources: the colocated layout needs {n} bundles of {bundle} (one per GPU: generator + "
+                            f"judge replica + train worker) and the cluster's nodes hold {sum(c for _, c in caps)} "
+                            f"({held}); lower resources.train_workers/generators/judges or the per-role CPUs, or add "
+                            "nodes")
+        if "GPU" in bundle:
+            groups = [placement_group([dict(bundle)] * c, strategy="STRICT_PACK",
+                                      bundle_label_selector=[{"ray.io/node-id": nid}] * c)
+                      for (nid, _), c in zip(caps, counts) if c]
+        else:
+            groups = [placement_group([dict(bundle)] * n, strategy="PACK")]
+        colocation = cls(groups, [(g, j) for g, pg in enumerate(groups) for j in range(len(pg.bundle_specs))])
         try:
-            ray.get(pg.ready(), timeout=timeout_s)
+            ray.get([pg.ready() for pg in groups], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
-            remove_placement_group(pg)
+            colocation.remove()
             raise PlanError(
-                f"resources: the colocated layout asked for {res.train_workers} bundles of {bundle} and the cluster "
-                f"did not grant them in {timeout_s:.0f} s (it has {ray.cluster_resources()}); lower "
-                "resources.train_workers or the per-role CPUs, or add nodes") from None
-        return cls(pg)
+                f"resources: the colocated layout asked for {n} bundles of {bundle} and the cluster did not grant "
+                f"them in {timeout_s:.0f} s: other work holds the resources (free now: {ray.available_resources()})"
+            ) from None
+        return colocation
 
     def options(self, index: int) -> dict[str, Any]:
         """Ray options that put an actor into bundle ``index``."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement_group,
-                                                                       placement_group_bundle_index=index)}
+        group, bundle = self.slots[index]
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.groups[group],
+                                                                       placement_group_bundle_index=bundle)}
+
+    def table(self) -> list[dict[str, Any]]:
+        """Every bundle of the layout in order: its index, placement group, resources and node."""
+        tables = [ray.util.placement_group_table(pg) for pg in self.groups]
+        return [{"index": i, "placement_group_id": tables[g]["placement_group_id"], "strategy": tables[g]["strategy"],
+                 "bundle_in_group": j, "resources": tables[g]["bundles"][j],
+                 "node_id": tables[g]["bundles_to_node_id"].get(j)} for i, (g, j) in enumerate(self.slots)]
 
     def remove(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        remove_placement_group(self.placement_group)
+        for pg in self.groups:
+            remove_placement_group(pg)
 
 
 @dataclass
@@ -98,18 +130,3 @@ class Residency:
         for actors, method, args in calls:  # releases first, so the next role finds the memory free
             ray.get([getattr(a, method).remote(*args) for a in actors])
         self.log.append({"stage": stage, "seconds": time.perf_counter() - started})
-
-
-def where_am_i() -> dict[str, Any]:
-    """Inside an actor: its node, placement group and bundle index. The bundle is read from the resource ids Ray
-    assigned the worker (a bundle's resources are named ``CPU_group_<bundle>_<group id>``), a diagnostic through
-    Ray's core worker; empty if that is unavailable."""
-    ctx = ray.get_runtime_context()
-    try:
-        names = list(ray._private.worker.global_worker.core_worker.resource_ids())
-    except Exception:  # noqa: BLE001 - only a report: leave the bundle unknown
-        names = []
-    bundles = sorted({int(parts[2]) for parts in (n.split("_") for n in names)
-                      if len(parts) > 3 and parts[1] == "group" and parts[2].isdigit()})
-    return {"node_id": ctx.get_node_id(), "placement_group_id": ctx.get_placement_group_id(), "bundles": bundles,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}

@@ -105,9 +105,14 @@ def check_cluster_plan(config: RunConfig, policy_path: Path) -> dict | None:
     per_node = int(max(n["Resources"]["GPU"] for n in nodes))
     cluster = ClusterSpec(len(nodes), per_node, r.gpu_memory_gib)
     plan = make_plan(config, architecture_of(str(policy_path)), cluster)
-    if plan["resized"]:
-        print(f"plan: the colocated layout would use all {cluster.gpus} GPUs with {plan['bundles']} bundles; this "
-              f"config has {r.train_workers}, so {cluster.gpus - r.train_workers} GPUs stay idle", flush=True)
+    gpus = int(sum(n["Resources"]["GPU"] for n in nodes))
+    if r.placement == "colocated" and r.train_use_gpu and gpus > r.train_workers:
+        # A GPU without a bundle has a whole GPU free: two train workers (each asking for the bundles' remainder)
+        # could land on it, and the ones beside the bundles would be missing; one bundle per GPU rules that out.
+        raise PlanError(f"resources: the colocated layout puts one bundle on every GPU, and this cluster has {gpus} "
+                        f"GPUs for {r.train_workers} bundles; set resources.train_workers, generators and judges to "
+                        f"{gpus} (training.global_batch_size a multiple of {gpus} x micro_batch_size), or run on "
+                        f"{r.train_workers} GPUs")
     if not plan["fits"]:
         raise PlanError("the config does not fit this cluster (`sppo-ray plan` shows the whole plan):\n  "
                         + "\n  ".join(plan["problems"]))

@@ -136,11 +136,11 @@ class Session:
             return {"error": f"{type(err).__name__}: {err}"}
 
     def _colocation_report(self) -> dict[str, Any]:
-        table = ray.util.placement_group_table(self.colocation.placement_group)
+        bundles = self.colocation.table()
         return {
-            "placement_group_id": table["placement_group_id"], "strategy": table["strategy"],
-            "bundles": [{"index": i, "resources": table["bundles"][i], "node_id": node}
-                        for i, node in sorted(table["bundles_to_node_id"].items())],
+            "placement_groups": sorted({b["placement_group_id"] for b in bundles}),
+            "strategy": sorted({b["strategy"] for b in bundles}),
+            "bundles": bundles,
             "generators": ray.get([a.placement.remote() for a in self.generator_actors]),
             "judges": ray.get([a.placement.remote() for a in self.judge_actors]),
             "stages": list(self.residency.log),

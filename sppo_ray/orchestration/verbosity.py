@@ -9,21 +9,11 @@ redraw becomes a line) and does not print each execution plan. ``sppo-ray ... --
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
+from sppo_ray.runtime import VERBOSE_ENV, engine_log_env, verbose
+
 __all__ = ["VERBOSE_ENV", "configure_driver_output", "engine_log_env", "verbose"]
-
-VERBOSE_ENV = "SPPO_RAY_VERBOSE"
-
-
-def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
-
-
-def engine_log_env() -> dict[str, str]:
-    """Environment for an engine's actor process: vLLM's log level."""
-    return {"VLLM_LOGGING_LEVEL": "INFO" if verbose() else "WARNING"}
 
 
 def configure_driver_output(on_terminal: bool | None = None) -> None:

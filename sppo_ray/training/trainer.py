@@ -88,7 +88,8 @@ def run_training(
             resources_per_worker={"CPU": res.train_cpus_per_worker,
                                   **({"GPU": res.train_gpu_share} if res.train_use_gpu else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if res.train_use_gpu else "gloo"),
+        # logical GPUs (CPU nodes that declare GPUs): the GPU share is reserved, the compute and collectives on CPU
+        torch_config=TorchConfig(backend="nccl" if res.train_use_gpu and not res.logical_gpus else "gloo"),
         datasets={"train": _training_dataset(train_parquet)},
         run_config=RunConfig(
             name=name,

@@ -240,6 +240,21 @@ def _full_state_dict(engine, zero_stage: int, rank: int) -> dict[str, torch.Tens
     return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank == 0 else None
 
 
+def _gather_ranks(rank: int, world: int, metrics_log: list[dict[str, Any]], start_step: int) -> list[dict[str, Any]]:
+    """Every rank's place (node, Ray's GPU ids, CUDA device UUID, placement group) and the optimiser steps it ran
+    in this attempt with its last local loss, gathered on every rank (a collective): what ``train_ranks.json``
+    in the export records, and what `sppo-ray rehearse` checks."""
+    import torch.distributed as dist
+
+    from sppo_ray.runtime import where_am_i
+
+    ran = [m for m in metrics_log if m["step"] > start_step]
+    mine = {"rank": rank, **where_am_i(), "steps": len(ran), "last_loss": ran[-1]["loss"] if ran else None}
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
 def _export(engine, tokenizer, t: dict[str, Any], rank: int, files: dict[str, str], timer) -> None:
     """Report π_{t+1} from rank 0 as an HF directory: safetensors shards of at most ``export_max_shard_gb`` (with an
     index file when there are several), the tokenizer, and the small JSON ``files``."""
@@ -398,11 +413,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 ray.train.report(metrics)
     timer.lap("steps")
+    ranks = _gather_ranks(rank, world, metrics_log, start_step)
     check = _export_check(engine, rows, batches, t, pad_id)
     info = {"load": load_info, "reference_pass": ref_info, "precision": t["precision"], "zero_stage": t["zero_stage"],
             "gradient_checkpointing": t["gradient_checkpointing"], "attn_implementation": t["attn_implementation"]}
     _export(engine, tokenizer, t, rank, {"train_metrics.jsonl": "".join(json.dumps(m) + "\n" for m in metrics_log),
-                                         "export_check.json": json.dumps(check), "train_info.json": json.dumps(info)},
+                                         "export_check.json": json.dumps(check), "train_info.json": json.dumps(info),
+                                         "train_ranks.json": json.dumps(ranks)},
             timer)
     if config.get("send_to"):  # then π_{t+1} straight into the engines (GPU; every rank joins the gathers)
         from sppo_ray.training.weight_transfer import send_policy

@@ -28,11 +28,12 @@ def colocated_run(tiny_run, bad_prompts, cli_env, tmp_path_factory) -> dict:
 def test_every_role_runs_in_its_bundle(colocated_run):
     report = colocated_run["report"]
     assert [b["index"] for b in report["bundles"]] == [0, 1]
+    assert len(report["placement_groups"]) == 1 and report["strategy"] == ["PACK"]  # CPU bundles: one group
     assert report["bundles"][0]["resources"] == {"CPU": 2.0}  # a generator's and a judge's CPU
     for role in ("generators", "judges"):
         placed = report[role]
         assert [p["bundles"] for p in placed] == [[0], [1]], (role, placed)  # actor i in bundle i
-        assert {p["placement_group_id"] for p in placed} == {report["placement_group_id"]}
+        assert {p["placement_group_id"] for p in placed} == set(report["placement_groups"])
 
 
 def test_engines_sleep_around_training_and_wake_for_the_broadcast(colocated_run):

@@ -47,3 +47,17 @@ def test_benchmark_modules_form_no_import_cycle():
     cycles = [name for name in graph if reaches(name, name, {name})]
     assert not cycles, graph
     assert {"generation", "judging", "training", "weight_sync", "round", "memory", "runner"} <= set(graph)
+
+
+ROLES = ("data", "generation", "judging", "training")
+
+
+def test_roles_never_import_orchestration():
+    """Roles share what they need through modules below them (sppo_ray/runtime.py, contracts, config)."""
+    offenders = {}
+    for role in ROLES:
+        for path in (PACKAGE / role).rglob("*.py"):
+            bad = {m for m in _imports(path) if m.startswith("sppo_ray.orchestration")}
+            if bad:
+                offenders[str(path.relative_to(PACKAGE))] = bad
+    assert not offenders

@@ -134,7 +134,7 @@ def _gpu_nodes(monkeypatch, nodes: int, gpus: int) -> None:
     monkeypatch.setattr(ray, "nodes", lambda: fake)
 
 
-def test_run_checks_the_plan_against_the_clusters_gpu_nodes(monkeypatch, capsys):
+def test_run_checks_the_plan_against_the_clusters_gpu_nodes(monkeypatch):
     """`sppo-ray run` calls check_cluster_plan after connecting to Ray, before any actor starts."""
     from sppo_ray.orchestration.preflight import check_cluster_plan
     from sppo_ray.planning import PlanError
@@ -149,7 +149,27 @@ def test_run_checks_the_plan_against_the_clusters_gpu_nodes(monkeypatch, capsys)
     _gpu_nodes(monkeypatch, 1, 8)
     with pytest.raises(PlanError, match="broadcast: the roles on one GPU need 31.4 GiB"):
         check_cluster_plan(load_config(MISTRAL, ["resources.gpu_memory_gib=24"]), policy)
-    _gpu_nodes(monkeypatch, 2, 8)
-    check_cluster_plan(cfg, policy)
-    assert "8 GPUs stay idle" in capsys.readouterr().out
+    _gpu_nodes(monkeypatch, 2, 8)  # 8 GPUs without a bundle: two train workers could share one of them
+    with pytest.raises(PlanError, match="16 GPUs for 8 bundles; set resources.train_workers, generators and judges "
+                                        "to 16"):
+        check_cluster_plan(cfg, policy)
+    assert check_cluster_plan(load_config(MISTRAL, [f"resources.{k}=16" for k in ("train_workers", "generators",
+                                                                                   "judges")]), policy)["fits"]
     assert check_cluster_plan(load_config(REPO / "jobs" / "tiny-cpu.yaml"), policy) is None  # CPU runs: no check
+
+
+def test_bundles_fit_nodes_one_per_gpu_and_within_their_cpus():
+    """The arithmetic behind the per-node placement groups (orchestration/colocation.py)."""
+    from sppo_ray.placement import assign_bundles, bundle_shape, bundles_on_node
+
+    res = load_config(MISTRAL).resources
+    bundle = bundle_shape(res)
+    assert bundle == {"CPU": 3.0, "GPU": pytest.approx(0.6)}
+    assert bundles_on_node(bundle, {"CPU": 64.0, "GPU": 8.0}) == 8  # one per GPU, not floor(8 / 0.6) = 13
+    assert bundles_on_node(bundle, {"CPU": 12.0, "GPU": 8.0}) == 4  # the CPUs bound it
+    assert bundles_on_node(bundle, {"CPU": 64.0}) == 0
+    assert bundles_on_node({"CPU": 2.0, "GPU": 0.25}, {"CPU": 64.0, "GPU": 2.0}) == 8  # four a GPU
+    assert bundles_on_node({"CPU": 2.0}, {"CPU": 5.0}) == 2
+    assert assign_bundles(16, [8, 8]) == [8, 8]
+    assert assign_bundles(10, [8, 8, 8]) == [8, 2, 0]
+    assert assign_bundles(17, [8, 8]) is None
