@@ -4,6 +4,7 @@
     sppo-ray validate jobs/tiny-cpu.yaml # check a config without starting anything
     sppo-ray run jobs/tiny-cpu.yaml      # run SPPO rounds: generate -> judge -> train -> broadcast
     sppo-ray resume runs/tiny-cpu        # continue a stopped run from its last finished stage
+    sppo-ray rehearse jobs/paper-mistral-7b.yaml --nodes 2 --gpus-per-node 8   # the paper run in miniature
     sppo-ray eval RUN_DIR                # judged win-rate matrix between the run's models
     sppo-ray report RUN_DIR              # PNG plots and a Markdown summary of a run
 """
@@ -80,6 +81,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a changed config to resume with (refused unless --allow-config-change)")
     _add_overrides(p)
     p.add_argument("--allow-config-change", action="store_true", help="resume even though the config changed")
+    _add_verbose(p)
+
+    p = sub.add_parser("rehearse", help="the config's whole orchestration with tiny models, on the Ray cluster given "
+                                         "(or a simulated one: --nodes), with a PASS/FAIL check of each mechanism")
+    p.add_argument("config", help="YAML config, e.g. jobs/paper-mistral-7b.yaml")
+    _add_overrides(p)
+    p.add_argument("--nodes", type=int, default=0,
+                   help="simulate a cluster of N nodes on this machine (logical GPUs); 0: the cluster of RAY_ADDRESS")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="logical GPUs each simulated node declares")
+    p.add_argument("--cpus-per-node", type=float, default=None,
+                   help="logical CPUs each simulated node declares (default: what one GPU's roles reserve, per GPU)")
+    p.add_argument("--run-dir", default=None, help="where the rehearsal runs (default: runs/rehearse-NAME)")
     _add_verbose(p)
 
     p = sub.add_parser("eval", help="judged pairwise win-rate matrix between models on held-out prompts")
@@ -159,6 +172,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rehearse(args: argparse.Namespace) -> int:
+    from sppo_ray.orchestration.rehearse import rehearse
+
+    code, root = rehearse(args.config, args.overrides, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                          cpus_per_node=args.cpus_per_node, run_dir=args.run_dir)
+    print(f"rehearsal: {root / 'rehearsal.json'}")
+    return code
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from sppo_ray.orchestration.evaluate import evaluate_run
 
@@ -187,6 +209,7 @@ _COMMANDS = {
     "plan": _cmd_plan,
     "run": _cmd_run,
     "resume": _cmd_resume,
+    "rehearse": _cmd_rehearse,
     "eval": _cmd_eval,
     "report": _cmd_report,
     "bench": _cmd_bench,

@@ -76,8 +76,9 @@ class GenerationConfig(_Section):
     # vLLM engine dtype; "auto" is float32 on CPU (vLLM's CPU bf16 path garbles SmolLM2) and bfloat16 on GPU.
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     max_model_len: int | None = Field(None, ge=16)
-    # vLLM CPU KV cache per engine, GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
-    kv_cache_gib: int = Field(1, ge=1)
+    # vLLM CPU KV cache per engine, GiB (vLLM's kv_cache_memory_bytes; fractions allowed: `sppo-ray rehearse` runs 16
+    # tiny engines on one machine with 1/16 GiB each); ignored on GPU.
+    kv_cache_gib: float = Field(1.0, gt=0)
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     # Run vLLM without CUDA graphs. None: eager on CPU (required there), CUDA graphs on GPUs (faster decoding).
     enforce_eager: bool | None = None

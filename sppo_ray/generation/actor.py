@@ -64,7 +64,6 @@ def build_engine(model_path: str, cfg: GenerationConfig, tensor_parallel: int = 
     """
     check_vllm()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
     import torch
     from vllm import LLM
 
@@ -163,6 +162,16 @@ class GeneratorActor:
         prompts = [fit_prompt(self.tokenizer, c, 10**9, "skip").token_ids for c in conversations]
         outputs = self._run(prompts, [_sampling(temperature=0.0, max_tokens=max_new_tokens) for _ in prompts])
         return [o.outputs[0].text for o in outputs]
+
+    def prompt_logprobs(self, text: str) -> dict[str, Any]:
+        """{"version", "token_ids", "logprobs"}: each token's log-prob after the ones before it (the first has none)
+        under the weights this engine holds now; a fingerprint of the policy that `sppo-ray rehearse` compares with
+        the trainer's export computed by transformers."""
+        self.wake_up()
+        ids = list(self.tokenizer.encode(text))
+        out = self._run([ids], [_sampling(temperature=0.0, max_tokens=1, prompt_logprobs=0)])[0]
+        return {"version": self.version, "token_ids": ids,
+                "logprobs": [float(lp[t].logprob) for lp, t in zip(out.prompt_logprobs[1:], ids[1:])]}
 
     def _run(self, token_ids: list[list[int]], params: list[Any], before_add=None) -> list[Any]:
         from vllm.inputs import TokensPrompt

@@ -28,6 +28,9 @@ class SleepEvent:
     # whether vLLM actually released or reallocated memory (False: recorded no-op on CPU)
     real: bool
     at: float = field(default_factory=time.time)
+    # free memory of the engine's GPU before and after the call, GiB (torch.cuda.mem_get_info; None on CPU)
+    free_gib_before: float | None = None
+    free_gib_after: float | None = None
 
 
 class EngineSleep:
@@ -50,19 +53,33 @@ class EngineSleep:
         (level 2 on a GPU: the next load must bring a whole model)."""
         if self.asleep:
             return False
+        before = _free_gib(self.real)
         if self.real:
             self.llm.sleep(level=self.level)
         self.asleep = True
-        self.events.append(SleepEvent("sleep", self.level, self.real))
+        self.events.append(SleepEvent("sleep", self.level, self.real, free_gib_before=before,
+                                      free_gib_after=_free_gib(self.real)))
         return self.real and self.level == 2
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Reallocate the tagged memory ("weights", "kv_cache"; None: all). Awake once everything is back."""
         if not self.asleep or (tags is not None and set(tags) <= self.woken):
             return
+        before = _free_gib(self.real)
         if self.real:
             self.llm.wake_up(tags)
-        self.events.append(SleepEvent("wake_up", tags, self.real))
+        self.events.append(SleepEvent("wake_up", tags, self.real, free_gib_before=before,
+                                      free_gib_after=_free_gib(self.real)))
         self.woken |= set(tags or _ALL_TAGS)
         if self.woken >= set(_ALL_TAGS):
             self.asleep, self.woken = False, set()
+
+
+def _free_gib(real: bool) -> float | None:
+    """Free memory of this process's GPU in GiB (what the driver sees of a sleep), None on CPU."""
+    if not real:
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    return torch.cuda.mem_get_info()[0] / 2**30

@@ -72,7 +72,7 @@ def generator_options(res: ResourcesConfig) -> dict[str, Any]:
     (vLLM's CPU attention checks it).
     """
     env = engine_log_env()  # vLLM at WARNING unless --verbose
-    if not res.generator_gpus:
+    if not res.generator_gpus or res.logical_gpus:  # CPU engines (also on CPU nodes that declare GPUs)
         env["OMP_NUM_THREADS"] = str(engine_threads(res))
     return {"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus * res.tensor_parallel,
             "runtime_env": {"env_vars": env}}

@@ -99,4 +99,5 @@ def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: in
     if not on_gpu:
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)  # every prefill fits in one step
+        kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)  # VLLM_CPU_KVCACHE_SPACE, if set, wins
     return kwargs

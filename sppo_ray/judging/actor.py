@@ -70,6 +70,26 @@ class JudgeActor:
         self.pair_logits(prompts, first, second, batch_size)
         return time.perf_counter() - started
 
+    def memory_probe(self, max_batch_tokens: int, max_source: int, max_candidate: int) -> dict[str, Any]:
+        """Score one batch of the longest pairs the config allows, up to ``max_batch_tokens`` padded tokens, and
+        report the GPU memory it peaked at (`sppo-ray rehearse` on GPUs): {"pairs", "seconds", "peak_gib",
+        "device_gib"}; on CPU only the pairs and seconds."""
+        import torch
+
+        self.onload()
+        words = " ".join(["token"] * max(max_source, max_candidate) * 2)  # longer than any truncation
+        pairs = max(1, max_batch_tokens // (max_source + 2 * max_candidate))
+        cuda = torch.cuda.is_available() and self.device != "cpu"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        self.judge.pair_logits([words] * pairs, [words] * pairs, [words] * pairs, pairs)
+        out = {"pairs": pairs, "seconds": time.perf_counter() - started, "peak_gib": None, "device_gib": None}
+        if cuda:
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            out["device_gib"] = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        return out
+
     # -- colocated layout: the judge leaves its GPU share to the trainer and the engine -------------------------
 
     def offload(self) -> None:

@@ -59,7 +59,8 @@ def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesC
                    max_concurrency=CALLS_PER_JUDGE)
     # Ray narrows CUDA_VISIBLE_DEVICES to an actor's own GPUs, but leaves it alone for an actor without any: a
     # judge_gpus 0 judge on a GPU node would see every GPU and take cuda:0 from the role that reserved it.
-    device = "cuda" if res.judge_gpus > 0 else "cpu"
+    # Logical GPUs (CPU nodes that declare them): the share is reserved, the judge computes on CPU.
+    device = "cuda" if res.judge_gpus > 0 and not res.logical_gpus else "cpu"
     actors = [ray.remote(JudgeActor).options(**options, **(placement.options(i) if placement else {}))
               .remote(model_path, cfg, res.actor_threads, device) for i in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])

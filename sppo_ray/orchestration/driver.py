@@ -37,6 +37,8 @@ __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
 _STAGES = ("generate", "judge", "dataset", "train")  # the recorded stages of a round, in order
 
 PROBE_QUESTION = "What is the capital of France?"
+# Scored by every generator after each broadcast (round summary "fingerprints"): the policy it holds, token by token.
+FINGERPRINT_TEXT = "The capital of France is Paris. Water boils at 100 degrees Celsius at sea level."
 
 
 def run(config_path: str, overrides: list[str] | None = None, *, fresh: bool = False) -> Path:
@@ -97,6 +99,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
             _track_report(rd, tracker)
     finally:
         tracker.close()
+        rd.write_bytes("placement.json", (json.dumps(session.placement_report(), indent=1) + "\n").encode())
         if (report := session.colocation_report()) is not None:  # where each role ran, its sleeps and wake-ups
             rd.write_bytes("colocation.json", (json.dumps(report, indent=1) + "\n").encode())
         session.shutdown()
@@ -135,6 +138,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     probe = session.probe(PROBE_QUESTION)
     timer.finish(skipped)
     round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
+    round_summary["fingerprints"] = session.fingerprints(FINGERPRINT_TEXT)
     rd.record_round(t, round_summary)
     metrics.round_done(round_summary)
     if tracker is not None:

@@ -149,6 +149,19 @@ class Session:
             "broadcasts": list(self.broadcasts),
         }
 
+    def placement_report(self) -> dict[str, Any]:
+        """Where every generator and judge runs: node, placement group, bundles, Ray's GPU ids, CUDA device UUID."""
+        try:
+            return {"generators": ray.get([a.placement.remote() for a in self.generator_actors]),
+                    "judges": ray.get([a.placement.remote() for a in self.judge_actors])}
+        except Exception as err:  # noqa: BLE001 - a failed run's dead actors must not hide the run's own error
+            return {"error": f"{type(err).__name__}: {err}"}
+
+    def fingerprints(self, text: str) -> list[dict[str, Any]]:
+        """Every generator's per-token log-probs of ``text`` under the weights it holds (see
+        ``GeneratorActor.prompt_logprobs``): equal across generators after a broadcast, and equal to the export's."""
+        return ray.get([a.prompt_logprobs.remote(text) for a in self.generator_actors])
+
     def probe(self, question: str, max_new_tokens: int = 32) -> str:
         """Greedy answer of the first generator, to see the broadcast weights in action."""
         return ray.get(self.generator_actors[0].greedy.remote([[{"role": "user", "content": question}]], max_new_tokens))[0]

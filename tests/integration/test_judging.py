@@ -18,39 +18,14 @@ from sppo_ray.judging.tables import debiased_table
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"]
 
 
 def _tiny_pairrm(path: Path) -> Path:
     """A randomly initialised DebertaV2PairRM with a small WordPiece tokenizer, saved as an HF directory."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import DebertaV2Config, PreTrainedTokenizerFast
-
-    from sppo_ray.judging.judges import _import_llm_blender_pairrm
+    from sppo_ray.tiny_models import tiny_pairrm
 
     texts = [json.loads(line)["prompt"] + " " + json.loads(line)["good"] for line in (DATA / "obvious_pairs.jsonl").open()]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts * 3, trainers.WordPieceTrainer(vocab_size=400, special_tokens=_SPECIAL))
-    tok.add_special_tokens(_SPECIAL)
-    ids = {t: tok.token_to_id(t) for t in _SPECIAL}
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                                   unk_token="[UNK]", mask_token="[MASK]")
-    config = DebertaV2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
-                             pad_token_id=ids["[PAD]"])
-    config.n_tasks, config.drop_out = 1, 0.0
-    config.sep_token_id, config.source_prefix_id = ids["[SEP]"], ids["<|source|>"]
-    config.cand_prefix_id, config.cand1_prefix_id, config.cand2_prefix_id = (
-        ids["<|candidate|>"], ids["<|candidate1|>"], ids["<|candidate2|>"])
-    torch.manual_seed(0)
-    _import_llm_blender_pairrm()(config).save_pretrained(path, safe_serialization=True)
-    fast.save_pretrained(path)
-    return path
+    return tiny_pairrm(path, texts=texts)
 
 
 def _tiny_llm_judge(path: Path) -> Path:
