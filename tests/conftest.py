@@ -38,3 +38,24 @@ def cli_env(ray_cluster) -> dict[str, str]:
     env["RAY_ADDRESS"] = ray_cluster
     env.setdefault("SPPO_RAY_CACHE", str(Path.home() / ".cache" / "sppo_ray"))
     return env
+
+
+@pytest.fixture(scope="session")
+def multinode():
+    """One multi-node Ray cluster on this machine for the whole session (sppo_ray/orchestration/sim_cluster.py):
+    a head without CPUs and worker nodes declaring logical GPUs. Tests reshape it (``multinode.shape(2, 2, 15)``)
+    and drive the CLI against it through RAY_ADDRESS; nothing in this process connects to it."""
+    from sppo_ray.orchestration.sim_cluster import SimulatedCluster
+
+    cluster = SimulatedCluster()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def multinode_env(multinode) -> dict[str, str]:
+    """Environment for `sppo-ray` subprocesses on the multi-node cluster."""
+    env = dict(os.environ)
+    env["RAY_ADDRESS"] = multinode.address
+    env.setdefault("SPPO_RAY_CACHE", str(Path.home() / ".cache" / "sppo_ray"))
+    return env

@@ -77,9 +77,9 @@ class EngineSleep:
 
 def _free_gib(real: bool) -> float | None:
     """Free memory of this process's GPU in GiB (what the driver sees of a sleep), None on CPU."""
-    if not real:
-        return None
     import torch
 
+    if not (real and torch.cuda.is_available()):
+        return None
     torch.cuda.synchronize()
     return torch.cuda.mem_get_info()[0] / 2**30

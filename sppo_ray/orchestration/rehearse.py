@@ -20,20 +20,22 @@ import math
 import os
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from sppo_ray.config import RunConfig, load_config
+from sppo_ray.orchestration.sim_cluster import simulated_cluster
 
-__all__ = ["Check", "rehearsal_config", "rehearse", "simulated_cluster"]
+__all__ = ["Check", "check_table", "rehearsal_config", "rehearse"]
 
 REHEARSAL_JSON = "rehearsal.json"
-# Short rounds: prompts per bundle (or per train worker) and round, new tokens per response.
-PROMPTS_PER_WORKER = 2
+# Short rounds: at least 8 prompts, and 2 per train worker or generator (the same 8 prompts for any layout of up to
+# 4 workers, so two layouts' rehearsals can be compared), new tokens per response.
+MIN_PROMPTS, PROMPTS_PER_WORKER = 8, 2
 NEW_TOKENS = 8
 # Learning rate of the rehearsal's fit: large enough that π_{t+1}'s log-probs differ measurably from π_t's, so the
 # broadcast check can tell which policy a generator holds (the config's own rate barely moves a random model).
@@ -51,29 +53,6 @@ class Check:
     real: bool = True
     # What to change when it fails.
     fix: str = ""
-
-
-@contextmanager
-def simulated_cluster(nodes: int, gpus_per_node: int, cpus_per_node: float,
-                      object_store_gib: float = 0.5) -> Iterator[str]:
-    """A Ray cluster of ``nodes`` worker nodes on this machine (Ray's ``ray.cluster_utils.Cluster``), each declaring
-    ``gpus_per_node`` logical GPUs and ``cpus_per_node`` logical CPUs, under a head that runs nothing; yields its
-    address. The tests' multi-node fixture is this cluster."""
-    from ray.cluster_utils import Cluster
-
-    store = int(object_store_gib * 2**30)
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 0, "num_gpus": 0, "object_store_memory": store})
-    try:
-        for _ in range(nodes):
-            cluster.add_node(num_cpus=cpus_per_node, num_gpus=gpus_per_node, object_store_memory=store)
-        cluster.wait_for_nodes()
-        yield cluster.address
-    finally:
-        import ray
-
-        ray.shutdown()  # a driver connected to the head would refuse its removal
-        cluster.shutdown()
 
 
 def _gpus_in_config(config: RunConfig) -> bool:
@@ -94,7 +73,7 @@ def rehearsal_config(config: RunConfig, cluster_gpus: int, real: bool, run_dir: 
     d.update(name=f"{config.name}-rehearsal", run_dir=str(run_dir), iterations=2)
     d["models"] = {"policy": str(policy), "judge": str(judge) if judge else str(policy), "trust_remote_code": False}
     d["data"] = {"prompts": "embedded:verifiable" if verifiable else "embedded:default",
-                 "prompts_per_iteration": PROMPTS_PER_WORKER * max(workers, r["generators"]),
+                 "prompts_per_iteration": max(MIN_PROMPTS, PROMPTS_PER_WORKER * max(workers, r["generators"])),
                  "eval_prompts": min(config.data.eval_prompts, 4), "split_seed": config.data.split_seed}
     g = d["generation"]
     g.update(max_new_tokens=NEW_TOKENS, max_prompt_tokens=min(g["max_prompt_tokens"], 96), max_model_len=None,
@@ -326,8 +305,9 @@ def sleep_check(sessions: list[dict[str, Any] | None], real: bool) -> Check:
     if not real:
         return Check("engine_sleep", all(not e["real"] for e in events), {"calls": len(events)},
                      "CPU: sleep and wake-up calls recorded in every stage, no memory to release", real=False)
-    freed = [e["free_gib_after"] - e["free_gib_before"] for e in events if e["call"] == "sleep" and e["real"]]
-    back = [e["free_gib_before"] - e["free_gib_after"] for e in events if e["call"] == "wake_up" and e["real"]]
+    measured = [e for e in events if e["real"] and e["free_gib_before"] is not None]
+    freed = [e["free_gib_after"] - e["free_gib_before"] for e in measured if e["call"] == "sleep"]
+    back = [e["free_gib_before"] - e["free_gib_after"] for e in measured if e["call"] == "wake_up"]
     ok = bool(freed) and min(freed) > 0 and bool(back) and max(back) > 0
     return Check("engine_sleep", ok, {"freed_gib_min": min(freed, default=None), "woken_gib_max": max(back, default=None)},
                  "GPU memory freed by each sleep and taken again by wake-up (torch.cuda.mem_get_info)",

@@ -1,0 +1,65 @@
+"""A multi-node Ray cluster on one machine: Ray's own ``ray.cluster_utils.Cluster``, GPUs declared as logical
+resources. `sppo-ray rehearse --nodes N` runs on it, and so do the multi-node tests (one shared fixture that
+reshapes it, and removes or adds nodes as a lost and replaced pod would)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+__all__ = ["SimulatedCluster", "simulated_cluster"]
+
+
+class SimulatedCluster:
+    """A head that runs nothing (no CPUs, as a KubeRay head with ``num-cpus: 0``) and worker nodes that each
+    declare ``gpus_per_node`` logical GPUs and ``cpus_per_node`` logical CPUs; compute happens on this machine's
+    cores. The driver connects through :attr:`address` (``RAY_ADDRESS``)."""
+
+    def __init__(self, object_store_gib: float = 0.5) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.store = int(object_store_gib * 2**30)
+        self.cluster = Cluster(initialize_head=True, connect=False,
+                               head_node_args={"num_cpus": 0, "num_gpus": 0, "object_store_memory": self.store})
+        self.workers: list[Any] = []
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_node(self, gpus: int, cpus: float) -> Any:
+        node = self.cluster.add_node(num_cpus=cpus, num_gpus=gpus, object_store_memory=self.store)
+        self.workers.append(node)
+        self.cluster.wait_for_nodes()
+        return node
+
+    def remove_node(self, node: Any, graceful: bool = False) -> None:
+        """Take a worker node away; ``graceful`` False kills its raylet and workers, as a lost pod."""
+        self.cluster.remove_node(node, allow_graceful=graceful)
+        self.workers.remove(node)
+
+    def shape(self, nodes: int, gpus_per_node: int, cpus_per_node: float) -> "SimulatedCluster":
+        """Replace the worker nodes by ``nodes`` new ones of this shape (the head and its GCS stay)."""
+        for node in list(self.workers):
+            self.remove_node(node, graceful=True)
+        for _ in range(nodes):
+            self.add_node(gpus_per_node, cpus_per_node)
+        return self
+
+    def shutdown(self) -> None:
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
+            ray.shutdown()  # a driver connected to the head would refuse its removal
+        self.cluster.shutdown()
+
+
+@contextmanager
+def simulated_cluster(nodes: int, gpus_per_node: int, cpus_per_node: float) -> Iterator[str]:
+    """A :class:`SimulatedCluster` of ``nodes`` worker nodes for the duration of the block; yields its address."""
+    cluster = SimulatedCluster()
+    try:
+        cluster.shape(nodes, gpus_per_node, cpus_per_node)
+        yield cluster.address
+    finally:
+        cluster.shutdown()
