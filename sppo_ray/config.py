@@ -79,7 +79,10 @@ class GenerationConfig(_Section):
     # vLLM CPU KV cache per engine, GiB (vLLM's kv_cache_memory_bytes; fractions allowed: `sppo-ray rehearse` runs 16
     # tiny engines on one machine with 1/16 GiB each); ignored on GPU.
     kv_cache_gib: float = Field(1.0, gt=0)
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    # Fraction of its GPU's memory a vLLM engine takes (weights + KV cache), checked free when it starts. None: 0.85
+    # with GPUs of its own; in the colocated layout the engine's share, resources.generator_gpus, so that an engine
+    # Ray restarts while the judge and the train worker hold their shares can start again.
+    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
     # Run vLLM without CUDA graphs. None: eager on CPU (required there), CUDA graphs on GPUs (faster decoding).
     enforce_eager: bool | None = None
     # vLLM sleep level of a generator while others use its GPU (colocated layout on GPUs): 2 discards the weights
@@ -113,8 +116,9 @@ class JudgeConfig(_Section):
     kind: Literal["pairrm", "llm", "length", "verifier"] = "llm"
     # "debiased": P[i,j] = (σ(l_ij) + σ(-l_ji))/2, a true pairwise table; "reference": uclaml/SPPO's rank-score table.
     table: Literal["debiased", "reference"] = "debiased"
-    # "pair": keep the winner and loser of each prompt (the paper); "all": keep all K responses.
-    selection: Literal["pair", "all"] = "pair"
+    # "pair": keep the winner and loser of each prompt (the paper). ("all", which paired the best response with each
+    # of the others, was removed: it counted the best response K − 1 times and trained ties as preferences.)
+    selection: Literal["pair"] = "pair"
     # Pairs per forward pass, at most; batches are also cut at max_batch_tokens.
     batch_size: int = Field(32, ge=1)
     # Padded tokens per forward pass (pairs x the batch's longest pair): bounds a batch's memory whatever the
@@ -142,6 +146,8 @@ class JudgeConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    # Seed of the per-epoch reshuffle of each worker's rows (the same order after a resume).
+    seed: int = 0
     loss: Literal["sppo", "sppo_single", "dpo", "ipo"] = "sppo"
     # η = 1/beta in the SPPO target; the paper and reference code use beta = 0.001.
     beta: float = Field(0.001, gt=0.0)
@@ -292,6 +298,24 @@ class RunConfig(_Section):
             return None
         return "ipc" if r.placement == "colocated" else "nccl"
 
+    @property
+    def engine_memory_utilization(self) -> float:
+        """vLLM's gpu_memory_utilization for each engine: the configured value, or by default its GPU share in the
+        colocated layout (0.85 of a GPU of its own)."""
+        g, r = self.generation, self.resources
+        if g.gpu_memory_utilization is not None:
+            return g.gpu_memory_utilization
+        return r.generator_gpus if r.placement == "colocated" and r.generator_gpus else 0.85
+
+    @model_validator(mode="after")
+    def _engine_fits_its_share(self) -> "RunConfig":
+        g, r = self.generation, self.resources
+        if r.placement == "colocated" and r.generator_gpus and (g.gpu_memory_utilization or 0) > r.generator_gpus:
+            raise ValueError(f"generation.gpu_memory_utilization ({g.gpu_memory_utilization}) exceeds the engine's "
+                             f"share of its GPU, resources.generator_gpus ({r.generator_gpus}), in the colocated layout: "
+                             "the judge and the train worker use the rest; leave it unset (it follows the share)")
+        return self
+
     @model_validator(mode="after")
     def _direct_needs_gpus(self) -> "RunConfig":
         r = self.resources
@@ -300,6 +324,16 @@ class RunConfig(_Section):
             raise ValueError("generation.weight_sync: direct needs GPU training (resources.train_use_gpu) and GPU "
                              "generators (resources.generator_gpus > 0) on real GPUs (resources.logical_gpus off); "
                              "use files on CPU")
+        return self
+
+    @model_validator(mode="after")
+    def _prompts_fit_training(self) -> "RunConfig":
+        g, t = self.generation, self.training
+        if g.max_prompt_tokens > t.max_prompt_length:
+            # training would cut such prompts from the left, dropping the chat template's start
+            raise ValueError(f"generation.max_prompt_tokens ({g.max_prompt_tokens}) must be <= "
+                             f"training.max_prompt_length ({t.max_prompt_length}): training would cut the prompts the "
+                             "generators answered from the left, chat template's start included")
         return self
 
     @model_validator(mode="after")

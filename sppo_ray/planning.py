@@ -205,11 +205,11 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     memory["train"] = {**train_mem, "total": train_mem["model_states"] + train_mem["activations"]}
     kv_tokens = g.max_prompt_tokens + g.max_new_tokens
     gen_weights = weight_gib / r.tensor_parallel
-    kv_gib = cluster.gpu_memory_gib * g.gpu_memory_utilization - gen_weights
+    kv_gib = cluster.gpu_memory_gib * cfg.engine_memory_utilization - gen_weights
     memory["generate"] = {"weights": gen_weights, "kv_cache": max(0.0, kv_gib),
                           "kv_sequences": max(0.0, kv_gib) * GIB / (arch.kv_bytes_per_token() / r.tensor_parallel
                                                                     * kv_tokens),
-                          "total": cluster.gpu_memory_gib * g.gpu_memory_utilization}
+                          "total": cluster.gpu_memory_gib * cfg.engine_memory_utilization}
     judge_bytes = 2 if cfg.judge.dtype == "bfloat16" else 4
     judge_act = cfg.judge.max_batch_tokens * PAIRRM_HIDDEN * 34 * judge_bytes  # one layer live in inference
     memory["judge"] = {"weights": PAIRRM_PARAMS * judge_bytes / GIB, "activations": judge_act / GIB,
@@ -228,7 +228,7 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     if memory["generate"]["kv_sequences"] < 1:
         problems.append(f"generate: {gen_weights:.1f} GiB of weights leave no KV cache for one "
                         f"{kv_tokens}-token sequence in {cluster.gpu_memory_gib:g} GiB at gpu_memory_utilization "
-                        f"{g.gpu_memory_utilization}")
+                        f"{cfg.engine_memory_utilization}")
 
     host = {"driver": 2.0 + n * g.k * (g.max_new_tokens * 6 + 200) * 3 / GIB,
             "train_rank0_export": weight_gib if t.precision == "bf16" else weight_gib * 2,

@@ -88,7 +88,7 @@ def engine_kwargs(cfg: GenerationConfig, max_model_len: int, tensor_parallel: in
         "max_model_len": max_model_len,
         "seed": cfg.seed,
         "tensor_parallel_size": tensor_parallel,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization or 0.85,  # the session resolves it from the layout
         "enforce_eager": cfg.enforce_eager if cfg.enforce_eager is not None else not on_gpu,
         "trust_remote_code": False,
     }

@@ -132,8 +132,8 @@ def build_training_table(generated: pa.Table, judged: pa.Table) -> pa.Table:
 
     Reference columns (readable by uclaml/SPPO and TRL): ``prompt`` (the last user turn), ``chosen`` and
     ``rejected`` (full chats ending with the response), ``chosen_probs`` = P(y_w ≻ y_l), ``chosen_probs_win`` and
-    ``chosen_probs_lose`` = win rates of y_w and y_l against π_t. In "all" selection mode every kept response after
-    the first is paired with the best one. Prompts with no preference signal contribute no row.
+    ``chosen_probs_lose`` = win rates of y_w and y_l against π_t, one row per prompt. Prompts with no preference
+    signal contribute no row.
     """
     gen = {r["prompt_id"]: r for r in generated.to_pylist()}
     out: list[dict[str, Any]] = []

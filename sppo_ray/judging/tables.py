@@ -67,34 +67,34 @@ def win_rates(table: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Selection:
-    # Indices of the kept responses: (winner, loser) in "pair" mode, all K (best first) in "all" mode;
-    # empty when every score is equal (no preference signal for this prompt).
+    # Indices of the kept responses, (winner, loser); empty when every score is equal (no preference signal).
     kept: tuple[int, ...]
     # Why nothing was kept, or "" when something was.
     skipped_reason: str = ""
 
 
 def select(scores: np.ndarray, mode: str = "pair", *, atol: float = 1e-9) -> Selection:
-    """Choose which of one prompt's K responses enter the training set.
+    """Choose the winner and loser of one prompt's K responses: the highest and the lowest score (design.md, step 5).
 
-    Tie rule: among equal best (or equal worst) scores the lowest sample index wins the tie, so the choice is
-    deterministic and independent of the sort algorithm. If max − min ≤ atol there is no pair.
+    Tie rule: among equal best (or equal worst) scores, within ``atol``, the lowest sample index wins the tie, so the
+    choice is deterministic and independent of the sort algorithm; the loser is never the winner, even when the
+    scores' range lies between ``atol`` and ``2 * atol`` (then one response can be within ``atol`` of both ends).
+    If max − min ≤ atol there is no pair.
 
     Args:
         scores: shape [K]; win rates (debiased mode) or s_i (reference mode).
-        mode: "pair" keeps (winner, loser); "all" keeps every response, ordered best first (stable).
+        mode: "pair", the only mode (keeping all K as pairs with the best counted the best response K − 1 times
+            and trained tied responses as preferences; it was removed).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size < 2:
         raise ValueError(f"expected a 1-D array of at least 2 scores, got shape {scores.shape}")
+    if mode != "pair":
+        raise ValueError(f"unknown selection mode {mode!r} (use 'pair')")
     if not np.all(np.isfinite(scores)):
         return Selection((), "judge returned a non-finite score")
     if scores.max() - scores.min() <= atol:
         return Selection((), "all scores equal")
-    if mode == "all":
-        return Selection(tuple(int(i) for i in np.argsort(-scores, kind="stable")))
-    if mode != "pair":
-        raise ValueError(f"unknown selection mode {mode!r} (use 'pair' or 'all')")
     winner = int(np.flatnonzero(scores >= scores.max() - atol)[0])
-    loser = int(np.flatnonzero(scores <= scores.min() + atol)[0])
-    return Selection((winner, loser))
+    losers = [int(i) for i in np.flatnonzero(scores <= scores.min() + atol) if i != winner]
+    return Selection((winner, losers[0] if losers else int(np.argmin(scores))))

@@ -89,8 +89,11 @@ class Session:
         started = time.perf_counter()
         res = config.resources
         colocation = Colocation.create(res) if res.placement == "colocated" else None
-        generators = build_generator_actors(str(policy_path), config.generation, res, colocation,
+        generation = config.generation.model_copy(update={"gpu_memory_utilization": config.engine_memory_utilization})
+        generators = build_generator_actors(str(policy_path), generation, res, colocation,
                                             weight_transfer=config.weight_transfer)
+        if colocation is not None:  # engines sleep before the judges load onto the same GPUs (as OpenRLHF orders it)
+            ray.get([g.sleep.remote() for g in generators])
         judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, res, colocation)
         weights = PolicyWeights(0, path=str(policy_path))
         residency = Residency(generators, judges) if colocation else None

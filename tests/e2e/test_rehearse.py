@@ -123,8 +123,10 @@ def test_engines_sleep_around_training_and_wake_for_the_broadcast(mistral_two_no
                                                           "broadcast"]  # the resume first loads π_1
     for n, events in enumerate(colocation["generator_sleep"]):
         calls = [(e["call"], e["detail"]) for e in events]
-        # the KV cache wakes for the probe (generator 0) and the log-prob fingerprint (every generator)
-        assert calls == [("sleep", 2), ("wake_up", ["weights"]), ("wake_up", None)], (n, calls)
+        # asleep before the judges load, awake to generate; then the round: the KV cache wakes for the probe
+        # (generator 0) and the log-prob fingerprint (every generator)
+        assert calls == [("sleep", 2), ("wake_up", None), ("sleep", 2), ("wake_up", ["weights"]),
+                         ("wake_up", None)], (n, calls)
         assert not any(e["real"] for e in events) and all(e["free_gib_after"] is None for e in events)
     for events in colocation["judge_residency"]:
         assert [e["call"] for e in events] == ["offload", "onload", "offload"]

@@ -267,19 +267,6 @@ def test_build_training_table_reference_columns(tmp_path):
     assert b["chosen_probs_win"] + b["chosen_probs_lose"] == pytest.approx(1.0)  # 0.70395... + 0.29604...
 
 
-def test_build_training_table_all_mode(tmp_path):
-    back = _training_table(tmp_path, "all").to_pylist()
-    # K = 3 kept per prompt -> best paired with each of the other two: 2 rows per prompt
-    assert [(r["prompt_id"], r["chosen_index"], r["rejected_index"]) for r in back] == [
-        ("pA", 1, 0),
-        ("pA", 1, 2),
-        ("pB", 2, 1),
-        ("pB", 2, 0),
-    ]
-    # pA: chosen_probs = P10 = σ(1) = 0.7310585786300049
-    assert back[0]["chosen_probs"] == pytest.approx(0.7310585786300049)
-
-
 def test_win_rate_matrix():
     pair_p = {(0, 1): np.array([0.8, 0.6]), (0, 2): np.array([0.3, 0.5]), (1, 2): np.array([0.9])}
     w = win_rate_matrix(pair_p, 3)

@@ -217,3 +217,24 @@ def test_colocated_layout_errors_name_the_fields(changes, message):
 def test_direct_weight_sync_needs_gpus():
     with pytest.raises(ConfigError, match="generation.weight_sync: direct needs GPU training"):
         load_config(REPO / "jobs" / "tiny-cpu.yaml", ["generation.weight_sync=direct"])
+
+
+def test_prompts_longer_than_training_keeps_are_refused_naming_both_keys():
+    with pytest.raises(ConfigError, match=r"generation.max_prompt_tokens \(600\) must be <= training.max_prompt_length "
+                                          r"\(512\)"):
+        load_config(REPO / "jobs" / "paper-mistral-7b.yaml", ["generation.max_prompt_tokens=600"])
+
+
+def test_selection_all_is_refused():
+    with pytest.raises(ConfigError, match="judge.selection"):
+        load_config(REPO / "jobs" / "tiny-cpu.yaml", ["judge.selection=all"])
+
+
+def test_colocated_engines_take_their_share_of_the_gpu():
+    cfg = load_config(REPO / "jobs" / "paper-mistral-7b.yaml")
+    assert cfg.generation.gpu_memory_utilization is None and cfg.engine_memory_utilization == 0.5
+    assert load_config(REPO / "jobs" / "paper-mistral-7b.yaml", ["resources.layout=disaggregated"]
+                       ).engine_memory_utilization == 0.85
+    with pytest.raises(ConfigError, match=r"generation.gpu_memory_utilization \(0.85\) exceeds the engine's share of "
+                                          r"its GPU, resources.generator_gpus \(0.5\)"):
+        load_config(REPO / "jobs" / "paper-mistral-7b.yaml", ["generation.gpu_memory_utilization=0.85"])

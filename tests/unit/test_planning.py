@@ -89,7 +89,7 @@ def test_colocated_paper_config_keeps_every_gpu_busy(nodes):
     embedding = arch.vocab * arch.hidden * 2 / 2**30
     assert peaks["broadcast"] == pytest.approx(m["train"]["model_states"] + arch.params * 2 / 2**30 + embedding
                                                + 1.0 + 1.0)
-    assert peaks["generate"] == pytest.approx(80 * cfg.generation.gpu_memory_utilization + 0.5)
+    assert peaks["generate"] == pytest.approx(80 * cfg.engine_memory_utilization + 0.5)
     assert plan["host_memory_gib"]["sleeping_engines_per_node"] == 0  # sleep level 2 keeps no copy on host
     level1 = make_plan(load_config(MISTRAL, ["generation.sleep_level=1"]), arch, ClusterSpec(nodes, 8, 80))
     # level 1 keeps one bf16 copy of the weights per engine in host memory

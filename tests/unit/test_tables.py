@@ -134,13 +134,20 @@ def test_select_all_equal_skips():
     assert s.kept == ()
     assert s.skipped_reason
     assert "equal" in s.skipped_reason
-    assert select(np.array([0.5, 0.5, 0.5]), "all").kept == ()
 
 
-def test_select_all_mode_best_first_stable():
-    assert select(np.array([0.2, 0.9, 0.1, 0.5]), "all").kept == (1, 3, 0, 2)
-    # ties keep index order: 0.3 at 0 and 2
-    assert select(np.array([0.3, 0.9, 0.3]), "all").kept == (1, 0, 2)
+def test_select_never_returns_the_winner_as_loser():
+    """A range between atol and 2·atol: index 0 lies within atol of both the best and the worst score."""
+    a = 1e-9
+    s = select(np.array([0.5 + 0.75 * a, 0.5, 0.5 + 1.5 * a]), atol=a)
+    assert s.kept == (0, 1) and s.kept[0] != s.kept[1]
+    s = select(np.array([0.5 + 0.75 * a, 0.5 + 1.5 * a, 0.5 + 0.2 * a]), atol=a)
+    assert len(set(s.kept)) == 2 and s.kept[0] == 0
+
+
+def test_select_all_mode_is_gone():
+    with pytest.raises(ValueError, match="unknown selection mode 'all'"):
+        select(np.array([0.2, 0.9]), "all")
 
 
 def test_select_unknown_mode_and_bad_shape():
