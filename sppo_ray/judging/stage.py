@@ -20,6 +20,7 @@ __all__ = [
     "TRAINING_SCHEMA",
     "JudgingResult",
     "RemoteJudge",
+    "ReplicatedJudge",
     "build_judge_actors",
     "build_training_table",
     "run_judging_stage",
@@ -80,6 +81,24 @@ class RemoteJudge:
         ref = self.actor.pair_logits.remote(list(prompts), list(first), list(second), max_rows or self.batch_size,
                                             None if instructions is None else list(instructions))
         return np.asarray(ray.get(ref))
+
+
+class ReplicatedJudge:
+    """Every judge actor seen as one :class:`~sppo_ray.judging.judges.PairJudge`: a call's pairs are cut into one
+    contiguous slice per replica, scored at once, and put back in order (the evaluation's judge)."""
+
+    def __init__(self, judge_actors: list[Any]) -> None:
+        self.actors, self.name = list(judge_actors), "replicated"
+
+    def pair_logits(self, prompts, first, second, max_rows: int | None = None, instructions=None) -> np.ndarray:
+        n = len(prompts)
+        if n == 0:
+            return np.zeros(0)
+        size = -(-n // len(self.actors))
+        refs = [a.pair_logits.remote(list(prompts[i:i + size]), list(first[i:i + size]), list(second[i:i + size]),
+                                     max_rows, None if instructions is None else list(instructions[i:i + size]))
+                for a, i in zip(self.actors, range(0, n, size))]
+        return np.concatenate([np.asarray(x, dtype=np.float64) for x in ray.get(refs)])
 
 
 @dataclass

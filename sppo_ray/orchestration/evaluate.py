@@ -26,7 +26,7 @@ from sppo_ray.generation.stage import run_generation_stage
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.instructions import evaluate_answers
 from sppo_ray.judging.scoring import judge_rows, prompt_text
-from sppo_ray.judging.stage import RemoteJudge
+from sppo_ray.judging.stage import ReplicatedJudge
 from sppo_ray.judging.tables import debiased_table
 
 __all__ = ["evaluate_run", "evaluate_session", "instruction_following", "win_rate_matrix"]
@@ -56,19 +56,22 @@ def _answers(session, label_weights: PolicyWeights, prompts: list[Prompt], cfg, 
     """One answer per prompt from one model; with best_of > 1 the judge picks among N samples. ``greedy`` adds a
     ``greedy_response`` column (temperature 0) for the instruction-following accuracies."""
     session.broadcast(label_weights)
+    session.enter("generate")
     table = run_generation_stage(prompts, session.generator_actors, label_weights, _EVAL_ITERATION,
                                  cfg.generation, samples=best_of).table
     rows = table.to_pylist()
     if best_of > 1:
         instructions = {p.id: p.instructions_json for p in prompts}  # the verifier judge's input
         rows = [{**r, "instructions_json": instructions[r["prompt_id"]]} for r in rows]
-        judged = judge_rows(rows, RemoteJudge(session.judge_actors[0]), "debiased", "pair")
+        session.enter("judge")  # colocated: engines asleep, every judge replica on its GPU
+        judged = judge_rows(rows, ReplicatedJudge(session.judge_actors), "debiased", "pair")
         for row, j in zip(rows, judged):
             best = j["kept"][0] if j["kept"] else 0
             row["responses"], row["num_tokens"] = [row["responses"][best]], [row["num_tokens"][best]]
     out = [{"prompt_id": r["prompt_id"], "messages_json": r["messages_json"], "response": r["responses"][0],
             "num_tokens": r["num_tokens"][0]} for r in rows]
     if greedy:
+        session.enter("generate")
         texts = _greedy(session.generator_actors, prompts, cfg.generation.max_new_tokens)
         out = [{**r, "greedy_response": texts[r["prompt_id"]]} for r in out]
     return pa.Table.from_pylist(out)
@@ -97,7 +100,7 @@ def instruction_following(held_out: list[Prompt], labels: list[str], answers: li
     }
 
 
-def _pairwise(judge_actor, answers: list[pa.Table], instructions: dict[str, str]) -> dict[tuple[int, int], np.ndarray]:
+def _pairwise(judge, answers: list[pa.Table], instructions: dict[str, str]) -> dict[tuple[int, int], np.ndarray]:
     by_model = [{r["prompt_id"]: r for r in t.to_pylist()} for t in answers]
     common = sorted(set.intersection(*(set(m) for m in by_model)))
     out = {}
@@ -111,7 +114,7 @@ def _pairwise(judge_actor, answers: list[pa.Table], instructions: dict[str, str]
                 first += [ra, rb]
                 second += [rb, ra]
                 checks += [instructions.get(pid) or None] * 2
-            logits = np.asarray(ray.get(judge_actor.pair_logits.remote(prompts, first, second, None, checks)))
+            logits = np.asarray(judge.pair_logits(prompts, first, second, None, checks))
             logits = logits.reshape(-1, 2)
             tables = debiased_table(np.stack([np.array([[0.0, l[0]], [l[1], 0.0]]) for l in logits]))
             out[(a, b)] = tables[:, 0, 1]
@@ -153,8 +156,9 @@ def evaluate_session(session, rd, config, held_out: list[Prompt], *, models: lis
                for i, (_, p) in enumerate(models)]
     if restore.version != session.weights.version:
         session.broadcast(restore)
-    w = win_rate_matrix(_pairwise(session.judge_actors[0], answers, {p.id: p.instructions_json for p in held_out}),
-                        len(models))
+    session.enter("judge")  # colocated: engines asleep, every judge replica on its GPU (not beside awake engines)
+    w = win_rate_matrix(_pairwise(ReplicatedJudge(session.judge_actors), answers,
+                                  {p.id: p.instructions_json for p in held_out}), len(models))
     labels = [m[0] for m in models]
     result = {
         "models": labels,

@@ -76,8 +76,10 @@ def rehearsal_config(config: RunConfig, cluster_gpus: int, real: bool, run_dir: 
                  "prompts_per_iteration": max(MIN_PROMPTS, PROMPTS_PER_WORKER * max(workers, r["generators"])),
                  "eval_prompts": min(config.data.eval_prompts, 4), "split_seed": config.data.split_seed}
     g = d["generation"]
-    g.update(max_new_tokens=NEW_TOKENS, max_prompt_tokens=min(g["max_prompt_tokens"], 96), max_model_len=None,
-             kv_cache_gib=1 / 16, batch_size=min(g["batch_size"], 4))
+    g.update(max_new_tokens=NEW_TOKENS, max_prompt_tokens=min(g["max_prompt_tokens"], 96), kv_cache_gib=1 / 16,
+             batch_size=min(g["batch_size"], 4))
+    # the engine's own buffers scale with its context (the Mistral config's 32k would cost ~0.5 GB an engine)
+    g["max_model_len"] = g["max_prompt_tokens"] + NEW_TOKENS
     if not real:
         g.update(dtype="auto", enforce_eager=None)  # float32 and eager on CPU
     d["judge"].update(max_source_tokens=min(d["judge"]["max_source_tokens"], 96),

@@ -23,7 +23,8 @@ import torch
 from sppo_ray.training.batching import PairBatch, collate_pairs, row_token_ids, sequence_logps
 from sppo_ray.training.losses import LOSSES, sppo_targets
 
-__all__ = ["check_attn_implementation", "deepspeed_config", "optimizer_step", "train_loop_per_worker"]
+__all__ = ["check_attn_implementation", "deepspeed_config", "disable_dropout", "epoch_batches", "match_reference",
+           "optimizer_step", "reference_batches", "train_loop_per_worker"]
 
 _TAG = "sppo"  # not "latest": DeepSpeed writes a file of that name beside the tag directory
 
@@ -77,13 +78,16 @@ def _rows_from(source, tokenizer: Any) -> list[dict[str, Any]]:
         prompt, chosen, rejected = row_token_ids(_plain(row), tokenizer)
         rows.append(
             {
+                # which training row this is, whatever worker or position it lands on (reference log-probs are saved
+                # and matched by it)
+                "key": (str(row["prompt_id"]), int(row["chosen_index"]), int(row["rejected_index"])),
                 "ids": (prompt, chosen, rejected),
                 "p_win": float(row["chosen_probs_win"]),
                 "p_lose": float(row["chosen_probs_lose"]),
                 "p_chosen": float(row["chosen_probs"]),
             }
         )
-    return rows
+    return sorted(rows, key=lambda r: r["key"])  # the shard's order is not fixed (Ray Data hands blocks on arrival)
 
 
 def _plain(value: Any) -> Any:
@@ -99,6 +103,53 @@ def _plain(value: Any) -> Any:
 
 def _micro_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
     return [list(range(i, i + size)) for i in range(0, len(rows) - size + 1, size)]
+
+
+def epoch_batches(n_rows: int, size: int, n_batches: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches (row indices) of one epoch: the rows reshuffled by (seed, epoch), cut into ``size``, the
+    first ``n_batches`` kept (every rank runs the same number of steps). A function of its arguments only, so a
+    resumed fit sees the same order."""
+    import numpy as np
+
+    order = np.random.default_rng([seed, epoch]).permutation(n_rows).tolist()
+    return [order[i : i + size] for i in range(0, n_batches * size, size)]
+
+
+def reference_batches(n_rows: int, size: int) -> list[list[int]]:
+    """Every row once, in micro-batches (the last may be short): the reference pass covers the rows any epoch uses."""
+    return [list(range(i, min(i + size, n_rows))) for i in range(0, n_rows, size)]
+
+
+def match_reference(saved: list[dict[str, Any]], keys: list[tuple]) -> torch.Tensor:
+    """This rank's reference log-probs [rows, 2] from every rank's saved {"keys", "ref"}, matched by row key (after a
+    restart Ray Train may hand this rank other rows than before).
+
+    Raises:
+        RuntimeError: a row of this rank is in no saved file (names the first).
+    """
+    table = {tuple(k): row for part in saved for k, row in zip(part["keys"], part["ref"])}
+    missing = [k for k in keys if tuple(k) not in table]
+    if missing:
+        raise RuntimeError(f"resumed training: no saved reference log-probs for row {missing[0]} "
+                           f"({len(missing)} of {len(keys)} rows); the checkpoint does not match this training set")
+    return torch.stack([table[tuple(k)] for k in keys])
+
+
+def disable_dropout(hf_config: Any, model: torch.nn.Module | None = None) -> list[str]:
+    """Dropout off for the reference pass and the steps (the reference implementation disables it): every float
+    config field named *dropout* or *pdrop* set to 0 (before the model is built: attention kernels read them), and
+    any ``nn.Dropout`` of ``model`` set to p = 0. Returns what was changed (non-zero fields and modules)."""
+    changed = []
+    for name, value in list(vars(hf_config).items()):
+        if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+            if value:
+                changed.append(name)
+            setattr(hf_config, name, 0.0)
+    for name, module in (model.named_modules() if model is not None else []):
+        if isinstance(module, torch.nn.Dropout) and module.p:
+            module.p = 0.0
+            changed.append(name)
+    return changed
 
 
 def _collate(rows, idx, t, pad_id) -> PairBatch:
@@ -180,12 +231,12 @@ def _maybe_inject_failure(step: int, rank: int) -> None:
             os._exit(1)
 
 
-def _save_checkpoint(engine, ref, step, rank, metrics, metrics_log) -> None:
+def _save_checkpoint(engine, ref, keys, step, rank, metrics, metrics_log) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=_TAG, client_state={"step": step, "metrics_log": metrics_log})
-        torch.save(ref, os.path.join(tmp, f"ref_logps_rank{rank}.pt"))
+        torch.save({"keys": keys, "ref": ref}, os.path.join(tmp, f"ref_logps_rank{rank}.pt"))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -204,14 +255,15 @@ def _mid_fit_checkpoint() -> Any:
         return checkpoint if (Path(d) / _TAG).is_dir() else None
 
 
-def _resume(engine, rank, checkpoint) -> tuple[int, torch.Tensor | None, list]:
-    """(step, saved reference log-probs, metrics so far) from a mid-fit checkpoint, if any."""
+def _resume(engine, keys, checkpoint) -> tuple[int, torch.Tensor | None, list]:
+    """(step, saved reference log-probs of this rank's rows, metrics so far) from a mid-fit checkpoint, if any.
+    Every rank's saved log-probs are read (Ray Train gathers their files into one directory) and matched by key."""
     if checkpoint is None:
         return 0, None, []
     with checkpoint.as_directory() as d:
-        ref_file = Path(d) / f"ref_logps_rank{rank}.pt"
+        saved = [torch.load(f) for f in sorted(Path(d).glob("ref_logps_rank*.pt"))]
         _, client = engine.load_checkpoint(d, tag=_TAG)
-        return int(client["step"]), torch.load(ref_file), list(client.get("metrics_log", []))
+        return int(client["step"]), match_reference(saved, keys), list(client.get("metrics_log", []))
 
 
 def _export_check(engine, rows, batches, t, pad_id) -> dict[str, Any]:
@@ -306,7 +358,7 @@ def _setup_model(config: dict[str, Any], ds_config: dict[str, Any]):
     alive (it is held by weak reference, hence returned): each rank materialises only its partition, never a full
     copy of the model on the host.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations import HfDeepSpeedConfig
 
     t = config["training"]
@@ -319,10 +371,13 @@ def _setup_model(config: dict[str, Any], ds_config: dict[str, Any]):
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
         keep_alive = HfDeepSpeedConfig(ds_config)
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    hf_config = AutoConfig.from_pretrained(config["model_path"])
+    disable_dropout(hf_config)
     model = AutoModelForCausalLM.from_pretrained(
-        config["model_path"], dtype=torch.bfloat16 if t["precision"] == "bf16" else torch.float32,
+        config["model_path"], config=hf_config, dtype=torch.bfloat16 if t["precision"] == "bf16" else torch.float32,
         attn_implementation=t["attn_implementation"], use_safetensors=True,
     )
+    disable_dropout(hf_config, model)
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
@@ -330,7 +385,8 @@ def _setup_model(config: dict[str, Any], ds_config: dict[str, Any]):
 
 
 def _setup_batches(rows, t: dict[str, Any], world: int) -> tuple[list[list[int]], int, int]:
-    """(micro-batches, accumulation, steps per epoch); every rank runs the same number of steps (drop_last)."""
+    """(epoch 0's micro-batches, accumulation, steps per epoch); every rank runs the same number of steps
+    (drop_last); each epoch reshuffles the rows (:func:`epoch_batches`)."""
     batches = _micro_batches(rows, t["micro_batch_size"])
     accumulation = t["global_batch_size"] // (t["micro_batch_size"] * world)
     steps_per_epoch = len(batches) // accumulation
@@ -340,7 +396,8 @@ def _setup_batches(rows, t: dict[str, Any], world: int) -> tuple[list[list[int]]
             f"(micro_batch_size {t['micro_batch_size']} x accumulation {accumulation}); "
             "use more prompts or a smaller training.global_batch_size"
         )
-    return batches[: steps_per_epoch * accumulation], accumulation, steps_per_epoch
+    n = steps_per_epoch * accumulation
+    return epoch_batches(len(rows), t["micro_batch_size"], n, t["seed"], 0), accumulation, steps_per_epoch
 
 
 def _setup_engine(model, t: dict[str, Any], ds_config: dict[str, Any], total_steps: int):
@@ -392,11 +449,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     timer.lap("deepspeed_init")
     resume_from = _mid_fit_checkpoint()
     # Reference log-probs with π_t's weights, before any step and before a checkpoint is loaded into the engine.
-    ref, ref_info = _reference_logps(engine, rows, batches, t, pad_id) if resume_from is None else (None, {})
+    ref, ref_info = ((None, {}) if resume_from is not None else
+                     _reference_logps(engine, rows, reference_batches(len(rows), t["micro_batch_size"]), t, pad_id))
     timer.lap("reference_pass")
-    start_step, saved_ref, metrics_log = _resume(engine, rank, resume_from)
+    start_step, saved_ref, metrics_log = _resume(engine, [r["key"] for r in rows], resume_from)
     ref = saved_ref if saved_ref is not None else ref
     for epoch in range(t["epochs"]):
+        if epoch:
+            batches = epoch_batches(len(rows), t["micro_batch_size"], len(batches), t["seed"], epoch)
         for s in range(steps_per_epoch):
             step = epoch * steps_per_epoch + s + 1
             if step <= start_step:
@@ -409,7 +469,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
                                     time.perf_counter() - started)
             metrics_log.append(metrics)
             if t["checkpoint_every"] and step % t["checkpoint_every"] == 0 and step < total_steps:
-                _save_checkpoint(engine, ref, step, rank, metrics, metrics_log)
+                _save_checkpoint(engine, ref, [r["key"] for r in rows], step, rank, metrics, metrics_log)
             else:
                 ray.train.report(metrics)
     timer.lap("steps")

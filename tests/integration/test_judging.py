@@ -323,3 +323,21 @@ def test_judging_stage_with_pairrm_equals_a_local_judge(ray_cluster, tiny_pairrm
     for got, want in zip(judged.table.to_pylist(), expected):
         assert got["prompt_id"] == want["prompt_id"] and got["kept"] == want["kept"]
         np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5)
+
+
+def test_replicated_judge_spreads_a_call_over_every_replica_in_order(ray_cluster, obvious_pairs):
+    """The evaluation's judge: one call cut into a slice per replica, the logits back in the caller's order."""
+    from sppo_ray.judging.judges import LengthJudge
+    from sppo_ray.judging.stage import ReplicatedJudge
+
+    cfg = JudgeConfig(kind="length")
+    actors = build_judge_actors(None, cfg, ResourcesConfig(judges=3, train_workers=3), None)
+    prompts = [p["prompt"] for p in obvious_pairs]
+    first, second = [p["good"] for p in obvious_pairs], [p["bad"] for p in obvious_pairs]
+    try:
+        got = ReplicatedJudge(actors).pair_logits(prompts, first, second)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    assert got.tolist() == LengthJudge("shorter").pair_logits(prompts, first, second).tolist()
+    assert len(got) == len(obvious_pairs) > 3
