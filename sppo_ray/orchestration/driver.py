@@ -24,6 +24,7 @@ from sppo_ray.judging.stage import build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
 from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stale_local_cluster
 from sppo_ray.orchestration.metrics import RunMetrics
+from sppo_ray.orchestration.nodes import check_cuda
 from sppo_ray.orchestration.preflight import Plan, check_cluster_plan, plan_run
 from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
@@ -80,6 +81,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
     started_local = init_ray(config)
     check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
+    check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role quietly falls back to CPU
     session = Session.start(config, plan.policy_path, plan.judge_path)
     if started_local:  # after the actors start, so their node's agents are up and recorded too
         record_local_cluster(rd)

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from sppo_ray.config import RunConfig, load_config
+from sppo_ray.orchestration.nodes import cuda_version_code, probe_nodes
 from sppo_ray.orchestration.sim_cluster import simulated_cluster
 
 __all__ = ["Check", "check_table", "rehearsal_config", "rehearse"]
@@ -102,48 +103,6 @@ def _tiny_models(config: RunConfig, root: Path) -> tuple[Path, Path | None]:
     return policy, None
 
 
-# -- probes on every node -------------------------------------------------------------------------------------
-
-
-def _node_probe(token_path: str, token: str) -> dict[str, Any]:
-    """Runs on one node: what CUDA it has (as a role's process sees it) and whether it reads the run directory."""
-    import ray
-    import torch
-
-    info: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "cuda": torch.cuda.is_available(),
-                            "torch_cuda": torch.version.cuda, "devices": 0, "driver_api": None, "uuids": []}
-    if info["cuda"]:
-        info["devices"] = torch.cuda.device_count()
-        info["driver_api"] = int(torch._C._cuda_getDriverVersion())
-        info["uuids"] = [str(torch.cuda.get_device_properties(i).uuid) for i in range(info["devices"])]
-    try:
-        info["reads_run_dir"] = Path(token_path).read_text() == token
-    except OSError as err:
-        info["reads_run_dir"], info["run_dir_error"] = False, str(err)
-    return info
-
-
-def probe_nodes(run_dir: Path) -> list[dict[str, Any]]:
-    """:func:`_node_probe` on every alive node with CPUs (pinned there by node affinity), with Ray's GPU count."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    token, path = f"rehearsal {time.time()}", run_dir / ".rehearsal-token"
-    path.write_text(token)
-    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-    probe = ray.remote(num_cpus=0)(_node_probe)
-    infos = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                     .remote(str(path), token) for n in nodes])
-    for info, node in zip(infos, nodes):
-        info["ray_gpus"] = node["Resources"].get("GPU", 0.0)
-    return infos
-
-
-def _cuda_version_code(text: str | None) -> int:
-    major, _, minor = (text or "0.0").partition(".")
-    return int(major) * 1000 + int(minor or 0) * 10
-
-
 def node_checks(config: RunConfig, nodes: list[dict[str, Any]], real: bool) -> list[Check]:
     gpu_nodes = [n for n in nodes if n["ray_gpus"] > 0]
     gpus = int(sum(n["ray_gpus"] for n in gpu_nodes))
@@ -155,7 +114,7 @@ def node_checks(config: RunConfig, nodes: list[dict[str, Any]], real: bool) -> l
         checks.append(Check("cuda", True, None, "logical GPUs: every role computes on CPU", real=False))
     else:
         bad = [n for n in gpu_nodes if not n["cuda"] or n["devices"] < n["ray_gpus"]
-               or (n["driver_api"] or 0) < _cuda_version_code(n["torch_cuda"])]
+               or (n["driver_api"] or 0) < cuda_version_code(n["torch_cuda"])]
         checks.append(Check(
             "cuda", not bad, {n["node_id"][:8]: {"devices": n["devices"], "driver_api": n["driver_api"]}
                               for n in gpu_nodes},
@@ -399,7 +358,7 @@ def rehearse(config_path: str, overrides: list[str] | None = None, *, nodes: int
 
 
 def _rehearse_on_cluster(config: RunConfig, root: Path) -> dict[str, Any]:
-    infos = probe_nodes(root)
+    infos = probe_nodes(root / ".rehearsal-token")
     real = any(n["cuda"] for n in infos if n["ray_gpus"] > 0)
     checks = node_checks(config, infos, real)
     report: dict[str, Any] = {"real": real, "config": config.name, "roles": [], "checks": [], "stages": {}}

@@ -10,8 +10,12 @@ in the colocated layout (each train worker shares its GPU's copy with the engine
 engine's named parameters, each ZeRO-3 partitioned one gathered in turn (a collective every train rank joins, so
 every rank calls :func:`send_policy`).
 
-The export is written before the transfer. A transfer that cannot be set up or fails is reported; the driver then
-restarts the generators that did not get the new version and loads π_{t+1} from the export.
+The export is written (and reported to Ray Train) before the transfer, so a fit that loses a rank during it is
+finished, never retrained. A transfer that cannot be set up, or whose calls to the generators fail, is reported on
+every rank at the same point (rank 0 keeps joining the collectives, see :func:`_guarded_client`); the driver then
+restarts the generators that did not get the new version and loads π_{t+1} from the export. A failure inside a
+collective itself (a rank's GPU lost mid-gather) still waits for the collective timeout: no rank can leave a
+collective the others are in.
 """
 
 from __future__ import annotations
@@ -49,6 +53,38 @@ class DeepSpeedSource(WeightSource):
             else:
                 whole = p.data.detach()
             yield name, whole
+
+
+def _guarded_client(generators: list[Any]) -> Any:
+    """vLLM's ``RayVLLMWeightSyncClient`` whose data-plane calls record a failure instead of raising.
+
+    vLLM's senders run a lock-step sequence of collectives on every train rank (per chunk: gather the IPC handles,
+    ship them, barrier). If rank 0's call to the generators raised, rank 0 would leave while the other ranks wait in
+    the next barrier until the collective timeout (30 min), then Ray Train would retry the fit. With this client
+    rank 0 keeps joining every collective after a failure, shipping nothing more, so all ranks finish the pass
+    together and then learn the outcome from rank 0 (:func:`send_policy`)."""
+    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
+
+    class GuardedClient(RayVLLMWeightSyncClient):
+        error: str | None = None
+
+        def _guard(self, call, *args):
+            if self.error is None:
+                try:
+                    call(*args)
+                except Exception as err:  # noqa: BLE001 - reported once every rank has finished the pass
+                    self.error = f"{call.__name__}: {type(err).__name__}: {err}"
+
+        def start_weight_update(self) -> None:
+            self._guard(super().start_weight_update)
+
+        def update_weights(self, update_info) -> None:
+            self._guard(super().update_weights, update_info)
+
+        def finish_weight_update(self, weight_version: str | None = None) -> None:
+            self._guard(super().finish_weight_update, weight_version)
+
+    return GuardedClient(generators)
 
 
 def _free_port() -> int:
@@ -91,11 +127,10 @@ def send_policy(module: torch.nn.Module, zero3: bool, generators: list[Any], ver
 
     import ray
     import torch.distributed as dist
-    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
 
     started = time.perf_counter()
     source = DeepSpeedSource(module, zero3)
-    client = RayVLLMWeightSyncClient(generators)
+    client = _guarded_client(generators)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # what training left cached makes room for the engine's weights
     address = rendezvous(rank) if backend == "nccl" else None
@@ -110,16 +145,15 @@ def send_policy(module: torch.nn.Module, zero3: bool, generators: list[Any], ver
     dist.broadcast_object_list(ready, src=0)  # every rank sends, or none does
     if not ready[0]:
         return {"sent": False, "seconds": time.perf_counter() - started, "error": error or "init failed on rank 0"}
-    try:
-        engine.send_weights()
-    except Exception as err:  # noqa: BLE001 - the driver restarts the engines and loads the export
-        engine.shutdown()
-        return {"sent": False, "seconds": time.perf_counter() - started, "error": f"send: {err}"}
-    if rank == 0:
+    engine.send_weights()  # a failed call to the generators is recorded by the client; every rank finishes the pass
+    outcome = [client.error]
+    dist.broadcast_object_list(outcome, src=0)  # every rank learns rank 0's outcome at the same point
+    if outcome[0] is None and rank == 0:
         ray.get([g.update_weight_version.remote(str(version)) for g in generators])
         client.shutdown_weight_transfer_engine()
     engine.shutdown()
-    return {"sent": True, "seconds": time.perf_counter() - started, "error": None}
+    # not sent: the driver restarts the generators without π_{t+1} and loads the export (the fit is finished)
+    return {"sent": outcome[0] is None, "seconds": time.perf_counter() - started, "error": outcome[0]}
 
 
 def rendezvous(rank: int) -> tuple[str, int]:

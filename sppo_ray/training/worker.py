@@ -10,6 +10,7 @@ precision as sharded safetensors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -78,9 +79,9 @@ def _rows_from(source, tokenizer: Any) -> list[dict[str, Any]]:
         prompt, chosen, rejected = row_token_ids(_plain(row), tokenizer)
         rows.append(
             {
-                # which training row this is, whatever worker or position it lands on (reference log-probs are saved
-                # and matched by it)
-                "key": (str(row["prompt_id"]), int(row["chosen_index"]), int(row["rejected_index"])),
+                # which training row this is, whatever worker or position it lands on: its token ids, which are all
+                # its reference log-probs depend on (saved and matched by it; any training table has them)
+                "key": hashlib.sha1(json.dumps([prompt, chosen, rejected]).encode()).hexdigest(),
                 "ids": (prompt, chosen, rejected),
                 "p_win": float(row["chosen_probs_win"]),
                 "p_lose": float(row["chosen_probs_lose"]),
@@ -120,19 +121,19 @@ def reference_batches(n_rows: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n_rows))) for i in range(0, n_rows, size)]
 
 
-def match_reference(saved: list[dict[str, Any]], keys: list[tuple]) -> torch.Tensor:
+def match_reference(saved: list[dict[str, Any]], keys: list[str]) -> torch.Tensor:
     """This rank's reference log-probs [rows, 2] from every rank's saved {"keys", "ref"}, matched by row key (after a
     restart Ray Train may hand this rank other rows than before).
 
     Raises:
         RuntimeError: a row of this rank is in no saved file (names the first).
     """
-    table = {tuple(k): row for part in saved for k, row in zip(part["keys"], part["ref"])}
-    missing = [k for k in keys if tuple(k) not in table]
+    table = {k: row for part in saved for k, row in zip(part["keys"], part["ref"])}
+    missing = [k for k in keys if k not in table]
     if missing:
         raise RuntimeError(f"resumed training: no saved reference log-probs for row {missing[0]} "
                            f"({len(missing)} of {len(keys)} rows); the checkpoint does not match this training set")
-    return torch.stack([table[tuple(k)] for k in keys])
+    return torch.stack([table[k] for k in keys])
 
 
 def disable_dropout(hf_config: Any, model: torch.nn.Module | None = None) -> list[str]:
@@ -222,7 +223,8 @@ def optimizer_step(engine, rows, micro_batches, t, pad_id, ref) -> tuple[int, li
 
 
 def _maybe_inject_failure(step: int, rank: int) -> None:
-    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 once at step N (a marker file makes it one-shot)."""
+    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) once at step N, or after the export
+    for N = -1 (a marker file makes it one-shot)."""
     at = os.environ.get("SPPO_RAY_FAIL_AT_STEP")
     marker = os.environ.get("SPPO_RAY_FAIL_MARKER")
     if at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and step == int(at):
@@ -240,19 +242,19 @@ def _save_checkpoint(engine, ref, keys, step, rank, metrics, metrics_log) -> Non
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _mid_fit_checkpoint() -> Any:
-    """The last DeepSpeed checkpoint of this fit if the worker group was restarted, else None.
-
-    A fit rerun under a finished fit's name (the driver crashed after the export) is handed that fit's export, an
-    HF directory: it is not a resume point, and the fit starts over.
-    """
+def _restart_point() -> tuple[str | None, Any]:
+    """Where a restarted worker group stands: ("export", ckpt) when π_{t+1} was already exported (a rank died
+    afterwards, e.g. in the weight transfer, or the driver crashed after the fit): the fit is finished and is never
+    trained again; ("mid_fit", ckpt) for the last DeepSpeed checkpoint; (None, None) for a fresh fit."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, None
     with checkpoint.as_directory() as d:
-        return checkpoint if (Path(d) / _TAG).is_dir() else None
+        if (Path(d) / "train_phases.json").is_file():
+            return "export", checkpoint
+        return ("mid_fit", checkpoint) if (Path(d) / _TAG).is_dir() else (None, None)
 
 
 def _resume(engine, keys, checkpoint) -> tuple[int, torch.Tensor | None, list]:
@@ -433,6 +435,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     os.environ.update(config.get("env", {}))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    point, resume_from = _restart_point()
+    if point == "export":  # the fit's result is the reported export; the driver loads it into the generators
+        if rank == 0:
+            print("training: π_{t+1} was exported before the worker group restarted; the fit is finished", flush=True)
+        return []
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     timer = _PhaseTimer()
@@ -447,7 +454,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     timer.lap("load_data")
     engine, scheduler = _setup_engine(model, t, ds_config, total_steps)
     timer.lap("deepspeed_init")
-    resume_from = _mid_fit_checkpoint()
     # Reference log-probs with π_t's weights, before any step and before a checkpoint is loaded into the engine.
     ref, ref_info = ((None, {}) if resume_from is not None else
                      _reference_logps(engine, rows, reference_batches(len(rows), t["micro_batch_size"]), t, pad_id))
@@ -481,6 +487,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
                                          "export_check.json": json.dumps(check), "train_info.json": json.dumps(info),
                                          "train_ranks.json": json.dumps(ranks)},
             timer)
+    _maybe_inject_failure(-1, rank)  # test hook: a rank dying after the export (where the transfer runs)
     if config.get("send_to"):  # then π_{t+1} straight into the engines (GPU; every rank joins the gathers)
         from sppo_ray.training.weight_transfer import send_policy
 

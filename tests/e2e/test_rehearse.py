@@ -150,3 +150,16 @@ def test_colocated_and_disaggregated_rehearsals_make_the_same_round_0_data(mistr
         assert len(x) == len(y) == 8, name
         for r, s in zip(x, y):  # 4 judge replicas batch the pairs differently from 1: float noise only
             assert r == {k: pytest.approx(v, abs=1e-6) if isinstance(v, float) else v for k, v in s.items()}, name
+
+
+def test_a_gpu_run_on_nodes_without_cuda_stops_before_any_role_naming_the_driver(multinode, multinode_env, tmp_path):
+    """Without this the roles would quietly compute on CPU. (The rehearsal sets resources.logical_gpus instead.)"""
+    multinode.shape(2, 2, CPUS_PER_GPU * 2 + 1)
+    sets = ["models.policy=embedded:smollm2-135m-instruct", "judge.kind=length", "judge.table=debiased",
+            "data.prompts=embedded:default", f"run_dir={tmp_path / 'run'}", "resources.generators=4",
+            "resources.judges=4", "resources.train_workers=4"]
+    proc = cli("run", str(MISTRAL), *[x for s in sets for x in ("--set", s)], env=multinode_env, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "the config computes on GPUs, but on node" in proc.stderr and "R580" in proc.stderr
+    assert "resources.logical_gpus: true" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "placement.json").exists()  # no role started

@@ -113,3 +113,33 @@ def test_vllms_ray_client_drives_our_generator_control_plane(monkeypatch):
         ("finish_weight_update", None), ("reset_prefix_cache", None),
         ("shutdown_weight_transfer_engine", None)]
     assert actor.version == 4  # the generator now serves the version the trainer named
+
+
+def test_a_failed_call_to_the_generators_is_recorded_not_raised(monkeypatch):
+    """The trainer's client (training/weight_transfer.py): rank 0 keeps joining vLLM's lock-step collectives after a
+    generator call fails, so it records the first failure, ships nothing more, and the ranks finish together."""
+    import ray
+
+    from sppo_ray.training.weight_transfer import _guarded_client
+
+    calls = []
+
+    class Generator:
+        def start_weight_update(self):
+            calls.append("start")
+
+        def update_weights(self, update_info):
+            calls.append("update")
+            raise RuntimeError("GPU UUID not found")
+
+        def finish_weight_update(self, weight_version=None):
+            calls.append("finish")
+
+    monkeypatch.setattr(ray, "get", lambda refs: refs)
+    client = _guarded_client([_Handle(Generator())])
+    client.start_weight_update()
+    for _ in range(3):  # three chunks: the first fails, the others are not shipped
+        client.update_weights({"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2]]})
+    client.finish_weight_update()
+    assert calls == ["start", "update"]
+    assert client.error.startswith("update_weights: RuntimeError: GPU UUID not found")
