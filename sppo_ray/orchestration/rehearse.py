@@ -391,7 +391,7 @@ def _rehearse_on_cluster(config: RunConfig, root: Path) -> dict[str, Any]:
               "the second driver found round 0 finished and generated round 1 with π_1 from the export"),
         placement_check(small, sessions[-1][1], colocations[-1], ranks[1], real),
         train_check(ranks, small.resources.train_workers),
-        weights_check(manifest, models, 1e-3 if not real else 5e-2),
+        weights_check(manifest, models, 1e-3 if not real else 0.1),
         broadcast_check(colocations, "trainer" if small.weight_transfer else "files"),
         sleep_check(colocations, real),
         judge_memory_check(small, judge, real),
