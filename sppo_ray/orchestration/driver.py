@@ -162,7 +162,7 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     if rd.done(t, "generate"):
         return rd.read_parquet(rel)
     if session.generator_version != t:  # resumed: bring the generators to π_t first
-        session.broadcast(policy_weights(rd.local_path(f"round_{t - 1}/model"), t))
+        session.broadcast(policy_weights(rd.local_path(f"round_{t - 1}/model"), t), record=False)
     session.enter("generate")
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation)
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]

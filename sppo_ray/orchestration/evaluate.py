@@ -55,7 +55,7 @@ def _answers(session, label_weights: PolicyWeights, prompts: list[Prompt], cfg, 
              greedy: bool = False) -> pa.Table:
     """One answer per prompt from one model; with best_of > 1 the judge picks among N samples. ``greedy`` adds a
     ``greedy_response`` column (temperature 0) for the instruction-following accuracies."""
-    session.broadcast(label_weights)
+    session.broadcast(label_weights, record=False)
     session.enter("generate")
     table = run_generation_stage(prompts, session.generator_actors, label_weights, _EVAL_ITERATION,
                                  cfg.generation, samples=best_of).table
@@ -155,7 +155,7 @@ def evaluate_session(session, rd, config, held_out: list[Prompt], *, models: lis
     answers = [_answers(session, policy_weights(p, 10_000 + i), held_out, config, best_of, greedy=verifiable)
                for i, (_, p) in enumerate(models)]
     if restore.version != session.weights.version:
-        session.broadcast(restore)
+        session.broadcast(restore, record=False)
     session.enter("judge")  # colocated: engines asleep, every judge replica on its GPU (not beside awake engines)
     w = win_rate_matrix(_pairwise(ReplicatedJudge(session.judge_actors), answers,
                                   {p.id: p.instructions_json for p in held_out}), len(models))

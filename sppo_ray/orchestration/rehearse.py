@@ -248,11 +248,11 @@ def weights_check(manifest: dict[str, Any], models: dict[int, Path], tol: float)
 
 
 def broadcast_check(sessions: list[dict[str, Any] | None], expect: str) -> Check:
-    """How π_{t+1} reached the generators after each fit (a resumed driver's first load is always from files)."""
+    """How π_{t+1} reached the generators after each fit (each driver records its rounds' broadcasts)."""
     paths = []
-    for n, report in enumerate(sessions):
+    for report in sessions:
         if report and "broadcasts" in report:
-            paths += report["broadcasts"][1:] if n else report["broadcasts"]  # session 2 starts with the resume load
+            paths += report["broadcasts"]
     if not paths:
         return Check("broadcast_path", True, None, "disaggregated layout: not recorded", real=expect == "trainer")
     return Check("broadcast_path", all(p == expect for p in paths), paths, f"expected {expect!r} after every fit",

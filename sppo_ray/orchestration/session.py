@@ -81,7 +81,8 @@ class Session:
     # Colocated layout: the placement group and the roles' residency per stage (None: disaggregated).
     colocation: Colocation | None = None
     residency: Residency | None = None
-    # How each broadcast reached the generators: "trainer" (handed over by the train workers) or "files"/"object store".
+    # How each round's broadcast reached the generators: "trainer" (handed over by the train workers) or
+    # "files"/"object store".
     broadcasts: list[str] = field(default_factory=list)
 
     @classmethod
@@ -107,24 +108,27 @@ class Session:
         if self.residency is not None:
             self.residency.enter(stage)
 
-    def broadcast(self, weights: PolicyWeights, after_transfer: bool = False) -> float:
+    def broadcast(self, weights: PolicyWeights, after_transfer: bool = False, record: bool = True) -> float:
         """Bring every generator to a policy version in place; returns the wall seconds.
 
         Generators that already hold it (handed over by the train workers at the end of the fit, see
         training/weight_transfer.py) are left alone; otherwise it is loaded from its directory or object.
         ``after_transfer``: the fit just tried to hand it over; a generator without it may be stuck in the failed
-        transfer (blocked in a receive, weights half replaced), so it is restarted before the load.
+        transfer (blocked in a receive, weights half replaced), so it is restarted before the load. ``record``:
+        note how it arrived in ``broadcasts`` (the rounds' broadcasts; not a resume's or an evaluation's loads).
         """
         started = time.perf_counter()
         self.enter("broadcast")
         held = [r["version"] for r in ray.get([a.ready.remote() for a in self.generator_actors])]
         if all(v == weights.version for v in held):
-            self.broadcasts.append("trainer")
+            via = "trainer"
         else:
             if after_transfer:
                 _restart([a for a, v in zip(self.generator_actors, held) if v != weights.version])
             push_weights(self.generator_actors, weights)
-            self.broadcasts.append("files" if weights.path is not None else "object store")
+            via = "files" if weights.path is not None else "object store"
+        if record:
+            self.broadcasts.append(via)
         self.weights, self.generator_version = weights, weights.version
         return time.perf_counter() - started
 

@@ -35,9 +35,8 @@ def _rehearse(multinode, env, root: Path, config: Path, nodes: int, gpus: int, *
 
 @pytest.fixture(scope="module")
 def mistral_two_nodes(multinode, multinode_env, tmp_path_factory) -> dict:
-    """The paper's Mistral config as it is (its final evaluation too) on 2 nodes x 2 logical GPUs."""
-    return _rehearse(multinode, multinode_env, tmp_path_factory.mktemp("rehearse") / "mistral", MISTRAL, 2, 2,
-                     evaluate=True)
+    """The paper's Mistral config on 2 nodes x 2 logical GPUs (its final evaluation off: CI's time)."""
+    return _rehearse(multinode, multinode_env, tmp_path_factory.mktemp("rehearse") / "mistral", MISTRAL, 2, 2)
 
 
 def _assert_colocated(result: dict, nodes: int, gpus_per_node: int) -> None:
@@ -122,20 +121,19 @@ def test_engines_sleep_around_training_and_wake_for_the_broadcast(mistral_two_no
     through training, weights back for the broadcast, the KV cache when they next generate; judges on their
     devices only to judge. Recorded no-ops on CPU nodes."""
     colocation = json.loads((mistral_two_nodes["root"] / "colocation.json").read_text())  # the resumed driver's
-    assert [s["stage"] for s in colocation["stages"]] == ["generate", "broadcast", "generate", "judge", "train",
-                                                          "broadcast"]  # the resume first loads π_1
+    stages = [s["stage"] for s in colocation["stages"]]
+    assert stages == ["generate", "broadcast", "generate", "judge", "train", "broadcast"]  # resume loads π_1 first
     for n, events in enumerate(colocation["generator_sleep"]):
         calls = [(e["call"], e["detail"]) for e in events]
         # asleep before the judges load, awake to generate; then the round: the KV cache wakes for the probe
         # (generator 0) and the log-prob fingerprint (every generator)
-        assert calls[:5] == [("sleep", 2), ("wake_up", None), ("sleep", 2), ("wake_up", ["weights"]),
-                             ("wake_up", None)], (n, calls)
-        assert calls[5] == ("sleep", 2), (n, calls)  # the final evaluation judges with the engines asleep
+        assert calls == [("sleep", 2), ("wake_up", None), ("sleep", 2), ("wake_up", ["weights"]),
+                         ("wake_up", None)], (n, calls)
         assert not any(e["real"] for e in events) and all(e["free_gib_after"] is None for e in events)
-    for events in colocation["judge_residency"]:  # round 1's judging, its training, the evaluation's judging
-        assert [e["call"] for e in events] == ["offload", "onload", "offload", "onload"]
-    assert (mistral_two_nodes["root"] / "eval" / "matrix.json").exists()
-    assert colocation["broadcasts"] == ["files", "files"]  # logical GPUs: π_{t+1} from the export
+    for events in colocation["judge_residency"]:  # on host from the start, on their devices only to judge
+        assert [e["call"] for e in events] == ["offload", "onload", "offload"]
+    assert colocation["broadcasts"] == ["files"]  # round 1's (logical GPUs: π_{t+1} from the export)
+    assert mistral_two_nodes["checks"]["broadcast_path"]["figure"] == ["files", "files"]  # both drivers' rounds
 
 
 def test_colocated_and_disaggregated_rehearsals_make_the_same_round_0_data(mistral_two_nodes, disaggregated_two_nodes):
