@@ -73,7 +73,25 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 # PairRM = DeBERTa-v3-large (0.435 B parameters, 24 layers of width 1024) plus its pairwise head.
 PAIRRM_PARAMS = 435_000_000
-PAIRRM_LAYERS, PAIRRM_HIDDEN = 24, 1024
+PAIRRM_LAYERS, PAIRRM_HIDDEN, PAIRRM_HEADS = 24, 1024, 16
+# DeBERTa-v2's disentangled attention keeps about four [pairs, heads, L, L] tensors live per layer: q·kᵀ, the
+# gathered content-to-position and position-to-content terms and the softmax
+# (transformers/models/deberta_v2/modeling_deberta_v2.py: attention_scores l.243, c2p_att l.317-324, p2c_att l.337,
+# softmax l.259); at 65,536 tokens of 2,048-token pairs in bf16 that is ~16 GiB.
+PAIRRM_LIVE_SCORES = 4
+# DeepSpeed's ZeRO buffers beside the model states (deepspeed/runtime/zero/config.py defaults): up to
+# stage3_max_live_parameters = 1e9 gathered 16-bit parameters (l.245), two reduce buckets of reduce_bucket_size =
+# 5e8 16-bit gradients (l.113); ZeRO-1/2 instead one allgather bucket of 5e8 (l.132) and the two reduce buckets.
+DS_LIVE_PARAMETERS, DS_REDUCE_BUCKET, DS_ALLGATHER_BUCKET = 1e9, 5e8, 5e8
+# NCCL's communicator buffers per process group (its default NCCL_BUFFSIZE of 4 MiB per channel and peer, ~0.5-1 GiB
+# on an 8-GPU node with the workspace), counted once per role that holds a group.
+NCCL_GIB = 1.0
+# What a sleeping vLLM engine keeps: only allocations under the "weights" and "kv_cache" tags are released
+# (vllm/v1/worker/gpu_worker.py: weights l.589, KV cache l.885); the CUDA-graph pool captured at l.962 and the
+# runtime buffers stay, ~1-3 GiB for a 7-8B model with CUDA graphs (0 with enforce_eager).
+SLEEPING_ENGINE_GRAPHS_GIB = 2.0
+# Micro-batches the plan tries when it reports the fastest training setting that fits.
+MICRO_BATCHES = (1, 2, 4, 8)
 
 
 def architecture_of(spec: str) -> Architecture:
@@ -141,8 +159,16 @@ def _train_memory(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> d
     logits = tokens * arch.vocab * 4 * 2  # fp32 logits and their log-softmax
     full = arch.layers * per_layer + logits
     checkpointed = arch.layers * 2 * tokens * arch.hidden + per_layer + logits
-    return {"model_states": states / GIB, "activations": (checkpointed if t.gradient_checkpointing else full) / GIB,
-            "activations_without_checkpointing": full / GIB, "activations_with_checkpointing": checkpointed / GIB}
+    if t.zero_stage == 3:
+        buffers = 2 * (DS_LIVE_PARAMETERS + 2 * DS_REDUCE_BUCKET)
+    elif t.zero_stage in (1, 2):
+        buffers = 2 * (DS_ALLGATHER_BUCKET + 2 * DS_REDUCE_BUCKET)
+    else:
+        buffers = 0.0
+    return {"model_states": states / GIB, "buffers": buffers / GIB + NCCL_GIB,
+            "activations": (checkpointed if t.gradient_checkpointing else full) / GIB,
+            "activations_without_checkpointing": full / GIB, "activations_with_checkpointing": checkpointed / GIB,
+            "activations_per_micro_batch_without_checkpointing": full / t.micro_batch_size / GIB}
 
 
 def model_states_bytes(zero_stage: int, offload: bool, params: int, largest_layer: int, gpus_per_node: int,
@@ -202,7 +228,7 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
     weight_gib = arch.params * 2 / GIB
     memory: dict[str, dict[str, float]] = {}
     train_mem = _train_memory(cfg, arch, cluster)
-    memory["train"] = {**train_mem, "total": train_mem["model_states"] + train_mem["activations"]}
+    memory["train"] = {**train_mem, "total": train_mem["model_states"] + train_mem["buffers"] + train_mem["activations"]}
     kv_tokens = g.max_prompt_tokens + g.max_new_tokens
     gen_weights = weight_gib / r.tensor_parallel
     kv_gib = cluster.gpu_memory_gib * cfg.engine_memory_utilization - gen_weights
@@ -212,8 +238,11 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
                           "total": cluster.gpu_memory_gib * cfg.engine_memory_utilization}
     judge_bytes = 2 if cfg.judge.dtype == "bfloat16" else 4
     judge_act = cfg.judge.max_batch_tokens * PAIRRM_HIDDEN * 34 * judge_bytes  # one layer live in inference
+    pair_len = cfg.judge.max_source_tokens + 2 * cfg.judge.max_candidate_tokens  # the longest pair
+    scores = PAIRRM_LIVE_SCORES * cfg.judge.max_batch_tokens * PAIRRM_HEADS * pair_len * judge_bytes
     memory["judge"] = {"weights": PAIRRM_PARAMS * judge_bytes / GIB, "activations": judge_act / GIB,
-                       "total": (PAIRRM_PARAMS * judge_bytes + judge_act) / GIB}
+                       "attention_scores": scores / GIB,
+                       "total": (PAIRRM_PARAMS * judge_bytes + judge_act + scores) / GIB}
     if colocated:
         memory["per_stage"] = _colocated_peaks(cfg, memory, weight_gib, arch.largest_layer_params * 2 / GIB)
         for stage, peak in memory["per_stage"].items():
@@ -256,6 +285,7 @@ def make_plan(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> dict[
         "speedup_vs_reference": ref / ours if ours else None,
         "busy_fraction": {s.stage: (total - s.idle_gpus) / total for s in stages},
         "fits": not problems, "problems": problems,
+        "fastest_training": fastest_training(cfg, memory, cluster.gpu_memory_gib),
     }
 
 
@@ -276,14 +306,33 @@ def _colocated_peaks(cfg: RunConfig, memory: dict[str, dict[str, float]], weight
     gathered copy of the largest parameter and vLLM's 1 GiB packing buffer.
     """
     ctx = CUDA_CONTEXT_GIB
-    train = memory["train"]["model_states"] + memory["train"]["activations"]
+    asleep = ctx + (0.0 if cfg.generation.enforce_eager else SLEEPING_ENGINE_GRAPHS_GIB)  # what a sleeping engine keeps
+    m = memory["train"]
     return {
         "generate": memory["generate"]["total"] + ctx,
-        "judge": memory["judge"]["total"] + 2 * ctx,
-        "train": train + 2 * ctx,
-        "broadcast": (memory["train"]["model_states"] + weight_gib / cfg.resources.tensor_parallel
-                      + largest_layer_gib + TRANSFER_BUFFER_GIB + 2 * ctx),
+        "judge": memory["judge"]["total"] + ctx + asleep,
+        "train": m["model_states"] + m["buffers"] + m["activations"] + ctx + asleep,
+        "broadcast": (m["model_states"] + m["buffers"] + weight_gib / cfg.resources.tensor_parallel
+                      + largest_layer_gib + TRANSFER_BUFFER_GIB + ctx + asleep),
     }
+
+
+def fastest_training(cfg: RunConfig, memory: dict[str, dict[str, float]], gpu_gib: float) -> dict[str, Any] | None:
+    """The fastest training setting whose train stage fits one GPU (colocated: beside the sleeping engine and the
+    CUDA contexts): no gradient checkpointing (~30% less compute) at the largest micro-batch of
+    :data:`MICRO_BATCHES` that divides the global batch (fewer ZeRO-3 gathers per step). None if even micro-batch 1
+    without checkpointing does not fit."""
+    m, r, t = memory["train"], cfg.resources, cfg.training
+    fixed = m["model_states"] + m["buffers"] + CUDA_CONTEXT_GIB
+    if r.placement == "colocated":
+        fixed += CUDA_CONTEXT_GIB + (0.0 if cfg.generation.enforce_eager else SLEEPING_ENGINE_GRAPHS_GIB)
+    per = m["activations_per_micro_batch_without_checkpointing"]
+    fits = [(mb, fixed + mb * per) for mb in MICRO_BATCHES
+            if t.global_batch_size % (mb * r.train_workers) == 0 and fixed + mb * per <= gpu_gib]
+    if not fits:
+        return None
+    mb, peak = fits[-1]
+    return {"gradient_checkpointing": False, "micro_batch_size": mb, "train_peak_gib": peak}
 
 
 def _stages(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec, gen_gpus: int, judge_gpus: int,
@@ -364,9 +413,14 @@ def plan_table(plan: dict[str, Any]) -> str:
         lines.append("  colocated, all roles on one GPU per stage: " + "; ".join(
             f"{stage} {gib:.1f}" for stage, gib in plan["memory_gib"]["per_stage"].items()))
     tm = plan["memory_gib"]["train"]
-    lines.append(f"  train: model states {tm['model_states']:.1f} (DeepSpeed estimator), activations "
-                 f"{tm['activations_with_checkpointing']:.1f} with / {tm['activations_without_checkpointing']:.1f} "
-                 "without gradient checkpointing")
+    lines.append(f"  train: model states {tm['model_states']:.1f} (DeepSpeed estimator), ZeRO and NCCL buffers "
+                 f"{tm['buffers']:.1f}, activations {tm['activations_with_checkpointing']:.1f} with / "
+                 f"{tm['activations_without_checkpointing']:.1f} without gradient checkpointing")
+    lines.append(f"  judge: PairRM attention scores {plan['memory_gib']['judge']['attention_scores']:.1f} at "
+                 "judge.max_batch_tokens")
+    if (fast := plan.get("fastest_training")) is not None:
+        lines.append(f"  fastest training that fits: gradient_checkpointing false, micro_batch_size "
+                     f"{fast['micro_batch_size']} (train stage {fast['train_peak_gib']:.1f} GiB)")
     lines.append("host memory peaks (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in plan["host_memory_gib"].items()))
     lines += [f"DOES NOT FIT: {p}" for p in plan["problems"]] or ["fits: yes"]
     return "\n".join(lines)
