@@ -148,8 +148,7 @@ class Session:
             "placement_groups": sorted({b["placement_group_id"] for b in bundles}),
             "strategy": sorted({b["strategy"] for b in bundles}),
             "bundles": bundles,
-            "generators": ray.get([a.placement.remote() for a in self.generator_actors]),
-            "judges": ray.get([a.placement.remote() for a in self.judge_actors]),
+            **self.placement_report(),  # generators and judges
             "stages": list(self.residency.log),
             "generator_sleep": ray.get([a.sleep_events.remote() for a in self.generator_actors]),
             "judge_residency": ray.get([a.residency_events.remote() for a in self.judge_actors]),
