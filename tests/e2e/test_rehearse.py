@@ -137,24 +137,29 @@ def test_engines_sleep_around_training_and_wake_for_the_broadcast(mistral_two_no
 
 
 def test_colocated_and_disaggregated_rehearsals_make_the_same_round_0_data(mistral_two_nodes, disaggregated_two_nodes):
-    """Same prompts, seeds and judge: the layout changes where roles run, not what they produce (round 1 differs:
-    4 train workers and 2 split the rows differently)."""
+    """Same prompts, seeds and judge: the layout changes where roles run, not what they produce. The responses are
+    identical; the paper config's bf16 PairRM scores a pair slightly differently in another batch (4 replicas batch
+    the pairs differently from 1: up to 0.022 in a logit here), so near-tied winners may swap and only the judge's
+    logits are compared, within bf16's noise. (Round 1 differs: 4 train workers and 2 split the rows differently.)"""
+    import numpy as np
     import pyarrow.parquet as pq
 
     a, b = mistral_two_nodes["root"] / "round_0", disaggregated_two_nodes["root"] / "round_0"
-    for name, columns in (("responses.parquet", ["prompt_id", "responses"]),
-                          ("train.parquet", ["prompt_id", "chosen", "rejected", "chosen_probs"])):
-        x, y = pq.read_table(a / name).select(columns).to_pylist(), pq.read_table(b / name).select(columns).to_pylist()
-        assert len(x) == len(y) == 8, name
-        for r, s in zip(x, y):  # 4 judge replicas batch the pairs differently from 1: float noise only
-            assert r == {k: pytest.approx(v, abs=1e-6) if isinstance(v, float) else v for k, v in s.items()}, name
+    x = pq.read_table(a / "responses.parquet").select(["prompt_id", "responses"]).to_pylist()
+    y = pq.read_table(b / "responses.parquet").select(["prompt_id", "responses"]).to_pylist()
+    assert len(x) == len(y) == 8 and x == y
+    ta, tb = pq.read_table(a / "tables.parquet"), pq.read_table(b / "tables.parquet")
+    assert ta.column("prompt_id").to_pylist() == tb.column("prompt_id").to_pylist()
+    np.testing.assert_allclose(np.array(ta.column("logits").to_pylist()), np.array(tb.column("logits").to_pylist()),
+                               atol=0.1)
 
 
 def test_a_gpu_run_on_nodes_without_cuda_stops_before_any_role_naming_the_driver(multinode, multinode_env, tmp_path):
     """Without this the roles would quietly compute on CPU. (The rehearsal sets resources.logical_gpus instead.)"""
     multinode.shape(2, 2, CPUS_PER_GPU * 2 + 1)
     sets = ["models.policy=embedded:smollm2-135m-instruct", "judge.kind=length", "judge.table=debiased",
-            "data.prompts=embedded:default", f"run_dir={tmp_path / 'run'}", "resources.generators=4",
+            "data.prompts=embedded:default", "data.prompts_per_iteration=8", "data.eval_prompts=4", "iterations=1",
+            f"run_dir={tmp_path / 'run'}", "resources.generators=4",
             "resources.judges=4", "resources.train_workers=4"]
     proc = cli("run", str(MISTRAL), *[x for s in sets for x in ("--set", s)], env=multinode_env, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
