@@ -24,6 +24,7 @@ RESPONSES = ["our grey cat is lost and we miss her very much", "our grey cat is 
 
 def test_stage_and_eval_matrix_judge_by_instructions(ray_cluster):
     from sppo_ray.generation.stage import GENERATION_SCHEMA
+    from sppo_ray.judging.stage import ReplicatedJudge
     from sppo_ray.orchestration.evaluate import _pairwise
 
     prompts = [Prompt(f"v{n}", ({"role": "user", "content": "Write a note about a lost cat."},), LOWER_NO_COMMA)
@@ -38,7 +39,7 @@ def test_stage_and_eval_matrix_judge_by_instructions(ray_cluster):
         judged = run_judging_stage(generated, actors, cfg, {p.id: p.instructions_json for p in prompts})
         answers = [pa.Table.from_pylist([{"prompt_id": p.id, "messages_json": r["messages_json"], "response": text}
                                          for p, r in zip(prompts, rows)]) for text in RESPONSES[:2]]
-        matrix = _pairwise(actors[0], answers, {p.id: p.instructions_json for p in prompts})
+        matrix = _pairwise(ReplicatedJudge(actors), answers, {p.id: p.instructions_json for p in prompts})
     finally:
         shutdown_pool(actors)
     s = np.array([1.0, 0.5, 0.0])
