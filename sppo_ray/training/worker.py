@@ -223,8 +223,8 @@ def optimizer_step(engine, rows, micro_batches, t, pad_id, ref) -> tuple[int, li
 
 
 def _maybe_inject_failure(step: int, rank: int) -> None:
-    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) once at step N, or after the export
-    for N = -1 (a marker file makes it one-shot)."""
+    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) once at step N (a marker file makes it
+    one-shot)."""
     at = os.environ.get("SPPO_RAY_FAIL_AT_STEP")
     marker = os.environ.get("SPPO_RAY_FAIL_MARKER")
     if at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and step == int(at):
@@ -487,7 +487,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
                                          "export_check.json": json.dumps(check), "train_info.json": json.dumps(info),
                                          "train_ranks.json": json.dumps(ranks)},
             timer)
-    _maybe_inject_failure(-1, rank)  # test hook: a rank dying after the export (where the transfer runs)
     if config.get("send_to"):  # then π_{t+1} straight into the engines (GPU; every rank joins the gathers)
         from sppo_ray.training.weight_transfer import send_policy
 
