@@ -40,7 +40,7 @@ def init_ray(config: RunConfig) -> bool:
     r = config.resources
     need = r.generators * r.generator_cpus + r.judges * r.judge_cpus + r.train_workers * r.train_cpus_per_worker
     num_cpus = r.local_num_cpus or max(os.cpu_count() or 1, int(need + 1.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=True)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)  # never a `ray start` cluster found here
     return True
 
 

@@ -33,9 +33,11 @@ time.sleep(600)
 
 def test_killed_drivers_local_ray_is_stopped_by_the_next_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own, as `sppo-ray run`
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-    assert driver.stdout.readline().strip() == "READY"
+    log = tmp_path / "driver.log"
+    with open(log, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                                  stderr=err, text=True)
+    assert driver.stdout.readline().strip() == "READY", log.read_text()[-3000:]
     rd = RunDir(str(tmp_path))
     recorded = [p["pid"] for p in rd.read_json(RECORD)["processes"]]
     assert len(recorded) >= 3  # gcs, raylet, dashboard and agents
