@@ -83,6 +83,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
     check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role quietly falls back to CPU
     session = Session.start(config, plan.policy_path, plan.judge_path)
+    _write_placement(rd, session)  # where each role starts (again at the end: restarted actors may have moved)
     if started_local:  # after the actors start, so their node's agents are up and recorded too
         record_local_cluster(rd)
     metrics = RunMetrics(config.name)
@@ -101,11 +102,15 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
             _track_report(rd, tracker)
     finally:
         tracker.close()
-        rd.write_bytes("placement.json", (json.dumps(session.placement_report(), indent=1) + "\n").encode())
+        _write_placement(rd, session)
         if (report := session.colocation_report()) is not None:  # where each role ran, its sleeps and wake-ups
             rd.write_bytes("colocation.json", (json.dumps(report, indent=1) + "\n").encode())
         session.shutdown()
     return Path(rd.root)
+
+
+def _write_placement(rd: RunDir, session: Session) -> None:
+    rd.write_bytes("placement.json", (json.dumps(session.placement_report(), indent=1) + "\n").encode())
 
 
 def _track_report(rd: RunDir, tracker: Tracker) -> None:

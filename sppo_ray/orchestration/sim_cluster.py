@@ -33,6 +33,13 @@ class SimulatedCluster:
         self.cluster.wait_for_nodes()
         return node
 
+    def worker(self, node_id: str) -> Any:
+        """The worker node of a Ray node id (as ``ray.get_runtime_context().get_node_id()`` names it)."""
+        found = [n for n in self.workers if n.node_id == node_id]
+        if not found:
+            raise KeyError(f"no worker node {node_id} (the head runs no role)")
+        return found[0]
+
     def remove_node(self, node: Any, graceful: bool = False) -> None:
         """Take a worker node away; ``graceful`` False kills its raylet and workers, as a lost pod."""
         self.cluster.remove_node(node, allow_graceful=graceful)

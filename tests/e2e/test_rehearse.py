@@ -83,9 +83,10 @@ def test_rehearsal_runs_the_configs_rounds_and_resumes(mistral_two_nodes):
     assert "logical_gpus: true" in config and "table: reference" in config and "loss: sppo" in config
 
 
-def test_paper_llama_keeps_its_colocated_layout_on_one_node_of_four(multinode, multinode_env, tmp_path):
-    result = _rehearse(multinode, multinode_env, tmp_path / "llama", LLAMA, 1, 4)
-    _assert_colocated(result, nodes=1, gpus_per_node=4)
+def test_paper_llama_keeps_its_colocated_layout_on_one_node(multinode, multinode_env, tmp_path):
+    # one node of 2 (not the paper's 8, nor 4: CI's time); the Mistral rehearsal above has 2 GPUs a node as well
+    result = _rehearse(multinode, multinode_env, tmp_path / "llama", LLAMA, 1, 2)
+    _assert_colocated(result, nodes=1, gpus_per_node=2)
     policy = json.loads((tmp_path / "llama" / "tiny_models" / "policy" / "config.json").read_text())
     assert policy["architectures"] == ["LlamaForCausalLM"] and policy["num_key_value_heads"] == 1  # Llama-3's 32:8
 
