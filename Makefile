@@ -12,7 +12,7 @@ demo: setup
 	.venv/bin/sppo-ray report runs/tiny-cpu
 
 test: setup
-	$(PY) -m pytest tests -m "unit or integration or e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "unit or integration or e2e" --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests -m unit $(PYTEST_ARGS)

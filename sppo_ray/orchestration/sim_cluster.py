@@ -33,6 +33,12 @@ class SimulatedCluster:
         self.cluster.wait_for_nodes()
         return node
 
+    @property
+    def dashboard_url(self) -> str:
+        """The head's dashboard (Ray's state API: ``ray.util.state.list_actors(address=...)``) without connecting."""
+        url = self.cluster.head_node.webui_url
+        return url if url.startswith("http") else f"http://{url}"
+
     def worker(self, node_id: str) -> Any:
         """The worker node of a Ray node id (as ``ray.get_runtime_context().get_node_id()`` names it)."""
         found = [n for n in self.workers if n.node_id == node_id]

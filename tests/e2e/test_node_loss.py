@@ -1,6 +1,6 @@
 """A lost node costs only the work in flight on it (issue 23), shown on the shared multi-node cluster: the node
 that hosts the generator is removed mid-generation (its raylet and workers killed, as a lost pod) and a replacement
-joins, as KubeRay replaces a pod. The run finishes, and its data are those of an undisturbed run on the same seeds."""
+joins, as KubeRay replaces a pod; then, the same, a node of a train worker mid-fit. The run finishes, and its data are those of an undisturbed run on the same seeds."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _run(multinode, env, root: Path, lose_generator_node: bool) -> dict:
     run_dir = root / "run"
     proc = subprocess.Popen([*CLI, "run", str(_config(root))], env=env, cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lost = None
+    lost = lost_in_fit = None
     if lose_generator_node:
         placement = run_dir / "placement.json"  # written as the roles start, before round 0 generates
         while not placement.exists() and proc.poll() is None:
@@ -48,9 +48,37 @@ def _run(multinode, env, root: Path, lose_generator_node: bool) -> dict:
         multinode.remove_node(multinode.worker(lost), graceful=False)
         multinode.add_node(0, CPUS)
         assert not generated_before, "the generation had finished before the node was lost"
+        # then a node of a train worker, once the fit is under way
+        while "round_0/dataset" not in _stages(run_dir) and proc.poll() is None:
+            time.sleep(0.5)
+        workers = _alive(multinode, "RayTrainWorker", 2, proc)
+        time.sleep(10)  # DeepSpeed is setting up or stepping
+        lost_in_fit = workers[0]["node_id"]
+        assert "round_0/train" not in _stages(run_dir), "the fit had finished before the node was lost"
+        multinode.remove_node(multinode.worker(lost_in_fit), graceful=False)
+        multinode.add_node(0, CPUS)
     out, err = proc.communicate(timeout=1800)
     assert proc.returncode == 0, err[-4000:]
-    return {"dir": run_dir, "lost": lost, "stdout": out, "placement": json.loads((run_dir / "placement.json").read_text())}
+    return {"dir": run_dir, "lost": lost, "lost_in_fit": lost_in_fit, "stdout": out, "placement": json.loads((run_dir / "placement.json").read_text())}
+
+
+def _stages(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text())["stages"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _alive(multinode, cls: str, count: int, proc) -> list[dict]:
+    """The live actors of a class on the cluster (Ray's state API through the head's dashboard)."""
+    from ray.util.state import list_actors
+
+    while proc.poll() is None:
+        found = list_actors(address=multinode.dashboard_url, filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
+        if len(found) >= count:
+            return [a if isinstance(a, dict) else a.__dict__ for a in found]
+        time.sleep(0.5)
+    raise AssertionError(f"the run ended before {count} {cls} were up: {proc.communicate()[1][-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +86,7 @@ def undisturbed(multinode, multinode_env, tmp_path_factory) -> dict:
     return _run(multinode, multinode_env, tmp_path_factory.mktemp("node-loss") / "undisturbed", False)
 
 
-def test_losing_the_generators_node_mid_generation_loses_nothing(multinode, multinode_env, tmp_path, undisturbed):
+def test_nodes_lost_mid_generation_and_mid_training_lose_nothing(multinode, multinode_env, tmp_path, undisturbed):
     disturbed = _run(multinode, multinode_env, tmp_path / "disturbed", True)
     now = disturbed["placement"]["generators"][0]["node_id"]
     assert now != disturbed["lost"]  # the generator was restarted on a surviving or the replacement node
@@ -69,4 +97,9 @@ def test_losing_the_generators_node_mid_generation_loses_nothing(multinode, mult
         ours, theirs = (pq.read_table(r["dir"] / "round_0" / rel) for r in (disturbed, undisturbed))
         assert ours.num_rows == usable, rel  # every usable prompt exactly once
         assert ours.equals(theirs), f"{rel} differs from the undisturbed run's"
-    assert set(manifest["rounds"]) == {"0"} and (disturbed["dir"] / "round_0" / "model").is_dir()
+    assert set(manifest["rounds"]) == {"0"}
+    # the fit was redone on the surviving and replacement nodes: the same π_1 as the undisturbed run's
+    ranks = json.loads((disturbed["dir"] / "round_0" / "model" / "train_ranks.json").read_text())
+    assert disturbed["lost_in_fit"] not in {r["node_id"] for r in ranks}
+    theirs = json.loads((undisturbed["dir"] / "manifest.json").read_text())["stages"]["round_0/train"]["outputs"]
+    assert manifest["stages"]["round_0/train"]["outputs"] == theirs
