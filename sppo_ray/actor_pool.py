@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import ray
@@ -122,12 +122,14 @@ def stream_through_actors(
     batch_size: int,
     per_actor: int = 1,
     recover: tuple[str, tuple] | None = None,
+    on_block: Callable[[pa.Table], None] | None = None,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Run ``ds`` through ``actor.<method>`` batch by batch, at most ``per_actor`` batches per actor at a time
     (more than 1 needs actors that take concurrent calls).
 
     ``recover`` names a method called as ``actor.<recover[0]>.remote(*recover[1])`` when an actor reports a
-    ``StaleState`` error (a restarted generator holding π_0, say) before the batch is retried.
+    ``StaleState`` error (a restarted generator holding π_0, say) before the batch is retried. ``on_block`` is
+    called with each block of output rows as it arrives (in completion order), while the rest is still running.
     Returns (output table, side records).
     """
     broker, execution = _broker_for(actors), uuid.uuid4().hex
@@ -140,7 +142,11 @@ def stream_through_actors(
         compute=ray.data.TaskPoolStrategy(size=len(actors) * per_actor),
         num_cpus=0,  # forwarders only wait; the long-lived actors hold the CPU reservations
     )
-    tables = [ray.get(ref) for ref in out.to_arrow_refs()]
+    tables = []
+    for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):  # streamed as the blocks finish
+        tables.append(block)
+        if on_block is not None and block.num_rows:
+            on_block(block)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return table, ray.get(broker.collect.remote(execution))
 

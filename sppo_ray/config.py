@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -97,6 +97,16 @@ class GenerationConfig(_Section):
     # Prompts handed to one generator actor per call (at most; a round's prompts are split so that every generator
     # gets at least two calls). A generator runs two calls at once in one engine, so calls can be small.
     batch_size: int = Field(16, ge=1)
+    # The stage writes its rows in chunks of this many prompts as they finish (RUN_DIR/round_t/chunks_generate/),
+    # so a driver killed mid-stage resumes with the prompts no chunk holds; 0 writes none. Removed once the round's
+    # responses.parquet is recorded.
+    chunk_prompts: int = Field(1000, ge=0)
+
+    # What a generated row depends on (with the prompt, the round and the policy): chunks written under other values
+    # of these are not reused.
+    SAMPLING_FIELDS: ClassVar[tuple[str, ...]] = ("k", "temperature", "top_p", "max_new_tokens", "max_prompt_tokens",
+                                                   "overlong_prompts", "seed", "dtype", "max_model_len",
+                                                   "enforce_eager")
 
     @model_validator(mode="after")
     def _model_len_fits(self) -> "GenerationConfig":

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import ray
@@ -148,6 +148,8 @@ class GenerationResult:
     truncated: int = 0
     seconds: float = 0.0
     generated_tokens: int = 0
+    # Rows taken from ``finished`` (an interrupted execution's chunks) rather than generated now.
+    reused: int = 0
 
 
 def _batch_size(prompts: int, actors: int, configured: int) -> int:
@@ -166,24 +168,37 @@ def run_generation_stage(
     iteration: int,
     cfg: GenerationConfig,
     samples: int | None = None,
+    finished: pa.Table | None = None,
+    on_rows: Callable[[pa.Table], None] | None = None,
 ) -> GenerationResult:
     """Stream one round's prompts through the generators; every usable prompt yields exactly one row.
 
     ``samples`` overrides K (evaluation samples 1 or best-of-N); ``iteration`` enters every sample's seed.
+    ``finished`` holds rows an interrupted execution already generated (same round, same policy): their prompts
+    are not generated again. ``on_rows`` receives each block of new rows as it arrives (the driver writes them in
+    chunks). Every sample has its own seed, so the result is the same however the prompts were split.
     """
     started = time.perf_counter()
-    ds = ray.data.from_items([{"prompt_id": p.id, "messages_json": json.dumps(list(p.messages))} for p in prompts])
-    table, records = stream_through_actors(
-        ds,
-        generator_actors,
-        "generate",
-        kwargs={"iteration": iteration, "expected_version": weights.version, "samples": samples},
-        schema=GENERATION_SCHEMA,
-        batch_size=_batch_size(len(prompts), len(generator_actors), cfg.batch_size),
-        per_actor=CALLS_PER_GENERATOR,
-        recover=("load_policy", weights_args(weights)),
-    )
-    table = in_order(table, "prompt_id", [p.id for p in prompts])
+    done = set(finished.column("prompt_id").to_pylist()) if finished is not None else set()
+    todo = [p for p in prompts if p.id not in done]
+    tables, records = [finished] if finished is not None else [], []
+    if todo:
+        ds = ray.data.from_items([{"prompt_id": p.id, "messages_json": json.dumps(list(p.messages))} for p in todo])
+        table, records = stream_through_actors(
+            ds,
+            generator_actors,
+            "generate",
+            kwargs={"iteration": iteration, "expected_version": weights.version, "samples": samples},
+            schema=GENERATION_SCHEMA,
+            batch_size=_batch_size(len(todo), len(generator_actors), cfg.batch_size),
+            per_actor=CALLS_PER_GENERATOR,
+            recover=("load_policy", weights_args(weights)),
+            on_block=on_rows,
+        )
+        tables.append(table)
+    table = in_order(pa.concat_tables(tables) if tables else GENERATION_SCHEMA.empty_table(), "prompt_id",
+                     [p.id for p in prompts])
     rejects = [r for r in records if r["reason"] != "truncated"]
     generated = sum(sum(n) for n in table.column("num_tokens").to_pylist())
-    return GenerationResult(table, rejects, len(records) - len(rejects), time.perf_counter() - started, generated)
+    truncated = sum(bool(x) for x in table.column("truncated").to_pylist())
+    return GenerationResult(table, rejects, truncated, time.perf_counter() - started, generated, len(done))

@@ -19,9 +19,10 @@ from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_confi
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.data.trl_format import trl_preference_table
 from sppo_ray.errors import RunStateError
-from sppo_ray.generation.stage import run_generation_stage
+from sppo_ray.generation.stage import GENERATION_SCHEMA, run_generation_stage
 from sppo_ray.judging.stage import build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
+from sppo_ray.orchestration.chunks import StageChunks
 from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stale_local_cluster
 from sppo_ray.orchestration.metrics import RunMetrics
 from sppo_ray.orchestration.nodes import check_cuda
@@ -169,15 +170,24 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     if session.generator_version != t:  # resumed: bring the generators to π_t first
         session.broadcast(policy_weights(rd.local_path(f"round_{t - 1}/model"), t), record=False)
     session.enter("generate")
-    result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation)
+    ids = hashlib.sha256("\n".join(p.id for p in prompts).encode()).hexdigest()
+    inputs = {"prompt_ids": ids, "policy_version": session.weights.version}
+    sampling = {f: getattr(config.generation, f) for f in config.generation.SAMPLING_FIELDS}
+    chunks = StageChunks(rd, t, "generate", config.generation.chunk_prompts, {**inputs, "sampling": sampling},
+                         GENERATION_SCHEMA)
+    finished = chunks.load()
+    if finished is not None:
+        print(f"round {t} generate: {finished.num_rows} of {len(prompts)} prompts from the interrupted "
+              "execution's chunks", flush=True)
+    result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation,
+                                  finished=finished, on_rows=chunks.add)
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
     rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
     digest = rd.write_parquet(rel, result.table)
-    ids = hashlib.sha256("\n".join(p.id for p in prompts).encode()).hexdigest()
     rd.record(t, "generate", outputs={rel: digest}, seconds=result.seconds, policy_version=session.weights.version,
-              inputs={"prompt_ids": ids, "policy_version": session.weights.version},
-              prompts=len(prompts), rejected=len(rejects), truncated=result.truncated,
-              generated_tokens=result.generated_tokens)
+              inputs=inputs, prompts=len(prompts), rejected=len(rejects), truncated=result.truncated,
+              generated_tokens=result.generated_tokens, **({"from_chunks": result.reused} if result.reused else {}))
+    chunks.clear()
     return result.table
 
 

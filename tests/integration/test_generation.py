@@ -155,3 +155,54 @@ def test_killed_generator_still_yields_one_row_per_prompt(generators, base_state
     assert sorted(ids) == sorted(p.id for p in prompts) and len(ids) == len(set(ids))
     assert set(result.table.column("policy_version").to_pylist()) == {3}
     assert ray.get(generators[0].ready.remote())["version"] == 3
+
+
+def test_an_interrupted_generation_resumes_with_the_prompts_no_chunk_holds(generators, embedded_policy, tmp_path,
+                                                                           monkeypatch):
+    """A driver stopped after two chunks of the stage: the next execution generates only the other prompts, and
+    writes the same responses.parquet as an uninterrupted stage."""
+    from sppo_ray.config import parse_config
+    from sppo_ray.orchestration import driver
+    from sppo_ray.orchestration.chunks import StageChunks
+    from sppo_ray.orchestration.rundir import RunDir
+    from sppo_ray.orchestration.session import Session
+
+    fields = ("k", "max_new_tokens", "max_prompt_tokens", "temperature", "batch_size", "dtype")
+    config = parse_config({"generation": {**{f: getattr(CFG, f) for f in fields}, "chunk_prompts": 4}})
+    prompts, session = _prompts(12), Session(generators, [], embedded_policy)
+    whole_dir = RunDir(str(tmp_path / "whole"))
+    whole = driver._generate(0, prompts, session, whole_dir, config)
+
+    class Killed(Exception):
+        pass
+
+    real_add = StageChunks.add
+
+    def add_then_die(self, rows):
+        real_add(self, rows)
+        if self.written == 2:
+            raise Killed
+
+    monkeypatch.setattr(StageChunks, "add", add_then_die)
+    rd = RunDir(str(tmp_path / "cut"))
+    with pytest.raises(Killed):
+        driver._generate(0, prompts, session, rd, config)
+    assert rd.done(0, "generate") is None
+    kept = sum(c["rows"] for c in rd.manifest()["chunks"]["round_0/generate"]["files"])
+    assert kept == 8
+
+    monkeypatch.setattr(StageChunks, "add", real_add)
+    asked = []
+    real_stage = driver.run_generation_stage
+
+    def spy(prompts, *args, finished=None, **kwargs):
+        asked.append({p.id for p in prompts} - set(finished.column("prompt_id").to_pylist()))
+        return real_stage(prompts, *args, finished=finished, **kwargs)
+
+    monkeypatch.setattr(driver, "run_generation_stage", spy)
+    again = driver._generate(0, prompts, session, rd, config)
+    assert len(asked[0]) == 4  # only the prompts no chunk held
+    assert again.equals(whole)
+    assert rd.read_bytes("round_0/responses.parquet") == whole_dir.read_bytes("round_0/responses.parquet")
+    assert rd.done(0, "generate")["from_chunks"] == 8
+    assert not rd.exists("round_0/chunks_generate") and "round_0/generate" not in rd.manifest()["chunks"]
