@@ -7,6 +7,7 @@
     sppo-ray rehearse jobs/paper-mistral-7b.yaml --nodes 2 --gpus-per-node 8   # the paper run in miniature
     sppo-ray eval RUN_DIR                # judged win-rate matrix between the run's models
     sppo-ray report RUN_DIR              # PNG plots and a Markdown summary of a run
+    sppo-ray status RUN_DIR              # where a run stands: stage, progress, ETA, the last round
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write PNG plots and a Markdown summary of a run")
     p.add_argument("run_dir")
 
+    p = sub.add_parser("status", help="where a run stands: its state, stage, progress and ETA, the last round")
+    p.add_argument("run_dir", help="a run directory (a local path or an object store URI)")
+    p.add_argument("--json", action="store_true", help="the same as one JSON object, for scripts")
+
     p = sub.add_parser("bench", help="benchmarks: each stage against its bare engine, same run")
     p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "round", "memory", "all"])
     # The LLM-judge job: the judging benchmark times a model judge (the default job's verifier costs next to nothing).
@@ -196,6 +201,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from sppo_ray.errors import RunStateError
+    from sppo_ray.orchestration.progress import run_status, status_text
+    from sppo_ray.orchestration.rundir import RunDir
+
+    if "://" not in args.run_dir and not Path(args.run_dir).is_dir():
+        raise RunStateError(f"{args.run_dir} is not a directory")
+    rd = RunDir(args.run_dir)
+    if not rd.exists("config.yaml"):
+        raise RunStateError(f"{args.run_dir} is not a run directory (no config.yaml)")
+    status = run_status(rd)
+    print(json.dumps(status, indent=1, default=str) if args.json else status_text(status))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sppo_ray.bench.runner import run_benchmarks
 
@@ -212,6 +234,7 @@ _COMMANDS = {
     "rehearse": _cmd_rehearse,
     "eval": _cmd_eval,
     "report": _cmd_report,
+    "status": _cmd_status,
     "bench": _cmd_bench,
 }
 

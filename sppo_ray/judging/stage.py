@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -115,11 +115,12 @@ class JudgingResult:
 
 
 def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeConfig,
-                      instructions: dict[str, str] | None = None) -> JudgingResult:
+                      instructions: dict[str, str] | None = None,
+                      on_rows: Callable[[pa.Table], None] | None = None) -> JudgingResult:
     """Judge every generated row; prompts per batch = pairs per batch / (K(K−1)), at least 1.
 
     ``instructions`` maps a prompt id to its instructions as JSON; they travel with the rows to the judges (the
-    verifier judge checks responses against them).
+    verifier judge checks responses against them). ``on_rows`` receives each block of judged rows as it arrives.
     """
     started = time.perf_counter()
     k = len(generated.column("responses")[0].as_py()) if generated.num_rows else 2
@@ -131,7 +132,7 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
     ds = ray.data.from_arrow(rows)
     table, records = stream_through_actors(
         ds, judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA, batch_size=rows_per_batch,
-        per_actor=CALLS_PER_JUDGE,
+        per_actor=CALLS_PER_JUDGE, on_block=on_rows,
     )
     table = in_order(table, "prompt_id", generated.column("prompt_id").to_pylist())
     return JudgingResult(

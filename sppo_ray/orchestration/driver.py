@@ -27,6 +27,7 @@ from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stal
 from sppo_ray.orchestration.metrics import RunMetrics
 from sppo_ray.orchestration.nodes import check_cuda
 from sppo_ray.orchestration.preflight import Plan, check_cluster_plan, plan_run
+from sppo_ray.orchestration.progress import Progress
 from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
@@ -89,19 +90,26 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
         record_local_cluster(rd)
     metrics = RunMetrics(config.name)
     tracker = build_tracker(config.tracking, rd.local_path(""), config.name)
+    progress, outcome = Progress(rd, on_update=metrics.progress), "failed"
     try:
         for t, prompts in enumerate(plan.rounds):
-            run_round(t, prompts, session, rd, config, metrics, tracker)
+            run_round(t, prompts, session, rd, config, metrics, tracker, progress)
         if config.eval_at_end:
             from sppo_ray.orchestration.evaluate import evaluate_session
 
+            progress.stage(len(plan.rounds), "evaluate")
             result = evaluate_session(session, rd, config, plan.held_out)
             tracker.log_metrics({f"eval/win_rate_vs_pi_0/{m}": w for m, w in
                                  zip(result["models"], result["win_rate_vs_first"])}, len(plan.rounds))
         print(summary.run_table(rd.manifest()), flush=True)
         if config.tracking.kind != "none":  # the report's plots go to the tracker too
             _track_report(rd, tracker)
+        outcome = "finished"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
     finally:
+        progress.close(outcome)
         tracker.close()
         _write_placement(rd, session)
         if (report := session.colocation_report()) is not None:  # where each role ran, its sleeps and wake-ups
@@ -123,7 +131,7 @@ def _track_report(rd: RunDir, tracker: Tracker) -> None:
 
 
 def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
-              metrics: RunMetrics, tracker: Tracker | None = None) -> None:
+              metrics: RunMetrics, tracker: Tracker | None = None, progress: Progress | None = None) -> None:
     """One SPPO round: π_t samples K responses, the judge fills K×K tables, DeepSpeed fits π_{t+1}, generators get it."""
     manifest = rd.manifest()
     if (finished := manifest["rounds"].get(str(t))) is not None:  # resumed past it: the next generation broadcasts
@@ -131,11 +139,11 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
         return
     done = {s: manifest["stages"].get(f"round_{t}/{s}") for s in _STAGES}
     skipped = {s: rec["seconds"] for s, rec in done.items() if rec}
-    timer = _Timer(t, metrics)
+    timer = _Timer(t, metrics, progress)
     with timer("generate"):
-        generated = _generate(t, prompts, session, rd, config)
+        generated = _generate(t, prompts, session, rd, config, progress)
     with timer("judge"):
-        judged = _judge(t, prompts, generated, session, rd, config)
+        judged = _judge(t, prompts, generated, session, rd, config, progress)
     with timer("dataset"):
         _dataset(t, generated, judged, rd)
     with timer("train"):
@@ -163,7 +171,8 @@ def _track_round(t: int, rd: RunDir, round_summary: dict[str, Any], train_metric
     tracker.log_metrics(round_metrics(round_summary), t)
 
 
-def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig) -> pa.Table:
+def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
+              progress: Progress | None = None) -> pa.Table:
     rel = f"round_{t}/responses.parquet"
     if rd.done(t, "generate"):
         return rd.read_parquet(rel)
@@ -179,8 +188,18 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     if finished is not None:
         print(f"round {t} generate: {finished.num_rows} of {len(prompts)} prompts from the interrupted "
               "execution's chunks", flush=True)
+    if progress is not None:
+        progress.stage(t, "generate", total=len(prompts), already=0 if finished is None else finished.num_rows)
+
+    def on_rows(rows: pa.Table) -> None:
+        chunks.add(rows)
+        if progress is not None:
+            progress.add(rows.num_rows)
+
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation,
-                                  finished=finished, on_rows=chunks.add)
+                                  finished=finished, on_rows=on_rows)
+    if progress is not None:
+        progress.add(len(result.rejects))  # handled too: skipped, so that the stage ends at total/total
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
     rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
     digest = rd.write_parquet(rel, result.table)
@@ -192,13 +211,16 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
 
 
 def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session, rd: RunDir,
-           config: RunConfig) -> pa.Table:
+           config: RunConfig, progress: Progress | None = None) -> pa.Table:
     rel = f"round_{t}/tables.parquet"
     if rd.done(t, "judge"):
         return rd.read_parquet(rel)
     session.enter("judge")
     instructions = {p.id: p.instructions_json for p in prompts if p.instructions}  # for the verifier judge
-    result = run_judging_stage(generated, session.judge_actors, config.judge, instructions)
+    if progress is not None:
+        progress.stage(t, "judge", total=generated.num_rows)
+    result = run_judging_stage(generated, session.judge_actors, config.judge, instructions,
+                               on_rows=None if progress is None else lambda rows: progress.add(rows.num_rows))
     digest = rd.write_parquet(rel, result.table)
     rd.record(t, "judge", outputs={rel: digest}, seconds=result.seconds, pairs=result.pairs,
               inputs=rd.done(t, "generate")["outputs"],
@@ -251,16 +273,20 @@ def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:
 class _Timer:
     """Names and times each phase of a round (seconds per phase, and the round's wall time)."""
 
-    def __init__(self, t: int, metrics: RunMetrics) -> None:
-        self.t, self.metrics, self.seconds = t, metrics, {}
+    def __init__(self, t: int, metrics: RunMetrics, progress: Progress | None = None) -> None:
+        self.t, self.metrics, self.progress, self.seconds = t, metrics, progress, {}
         self.started = time.perf_counter()
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         self.metrics.stage(self.t, phase)
+        if self.progress is not None:
+            self.progress.stage(self.t, phase)  # the streamed stages then give their counts
         began = time.perf_counter()
         yield
         self.seconds[phase] = time.perf_counter() - began
+        if self.progress is not None:
+            self.progress.end()
 
     def finish(self, skipped: dict[str, float]) -> None:
         """The round's wall time: its phases plus whatever ran between them (the orchestration overhead).

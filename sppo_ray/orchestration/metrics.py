@@ -29,8 +29,24 @@ class RunMetrics:
         self.step_time = Gauge("sppo_train_step_seconds", "mean optimiser step time", tag_keys=tags)
         self.weight_sync = Gauge("sppo_weight_sync_seconds", "broadcast of new weights to the generators",
                                  tag_keys=tags)
+        staged = ("run", "stage")  # live during a stage (generate, judge): its done/total and ETA
+        self.stage_done = Gauge("sppo_stage_done", "items of the current stage done (prompts)", tag_keys=staged)
+        self.stage_total = Gauge("sppo_stage_total", "items of the current stage in all", tag_keys=staged)
+        self.stage_rate = Gauge("sppo_stage_items_per_s", "items of the current stage per second", tag_keys=staged)
+        self.stage_eta = Gauge("sppo_stage_eta_seconds", "seconds the current stage still needs", tag_keys=staged)
         for g in (self.round, self.stage_gauge):
             g.set(0, tags=self.tags)
+
+    def progress(self, p: dict[str, Any]) -> None:
+        """A progress snapshot of a counted stage (``orchestration.progress.Progress``)."""
+        if p.get("total") is None:
+            return
+        tags = {**self.tags, "stage": p["stage"]}
+        self.stage_done.set(p["done"], tags=tags)
+        self.stage_total.set(p["total"], tags=tags)
+        if p.get("rate"):
+            self.stage_rate.set(p["rate"], tags=tags)
+        self.stage_eta.set(0.0 if p.get("finished") else (p.get("eta_s") or 0.0), tags=tags)
 
     def stage(self, round_: int, stage: str) -> None:
         self.round.set(round_, tags=self.tags)

@@ -38,6 +38,20 @@ def test_output_is_quiet_by_default(tiny_run):
     assert tiny_run["stdout"].count("── round") == 2
 
 
+def test_progress_lines_and_status_of_the_finished_run(tiny_run, cli_env):
+    """In a pipe each streamed stage prints where it starts and where it ends (every prompt handled, the skipped
+    over-long one too); `sppo-ray status` reads the run as finished, with its last round."""
+    for t in (0, 1):
+        assert f"round {t} generate: 0/8 prompts (0%)" in tiny_run["stdout"]
+        assert f"round {t} generate: 8/8 prompts (100%) in " in tiny_run["stdout"]
+        assert f"round {t} judge: " in tiny_run["stdout"]
+    status = json.loads(cli("status", str(tiny_run["dir"]), "--json", env=cli_env).stdout)
+    assert status["state"] == "finished" and status["rounds_finished"] == [0, 1]
+    assert status["last_round"]["round"] == 1 and status["driver"]["alive"] is False
+    text = cli("status", str(tiny_run["dir"]), env=cli_env).stdout
+    assert "finished, rounds finished 2/2" in text and "last round 1:" in text
+
+
 def test_tensorboard_holds_steps_rounds_eval_and_plots(tiny_run):
     from sppo_ray.orchestration.tracking import tensorboard_scalars
 
