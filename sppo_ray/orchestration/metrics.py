@@ -29,6 +29,10 @@ class RunMetrics:
         self.step_time = Gauge("sppo_train_step_seconds", "mean optimiser step time", tag_keys=tags)
         self.weight_sync = Gauge("sppo_weight_sync_seconds", "broadcast of new weights to the generators",
                                  tag_keys=tags)
+        self.win_chosen = Gauge("sppo_win_rate_chosen", "mean win rate of the last round's chosen responses",
+                                tag_keys=tags)
+        self.win_rejected = Gauge("sppo_win_rate_rejected", "mean win rate of the last round's rejected responses",
+                                  tag_keys=tags)
         staged = ("run", "stage")  # live during a stage (generate, judge): its done/total and ETA
         self.stage_done = Gauge("sppo_stage_done", "items of the current stage done (prompts)", tag_keys=staged)
         self.stage_total = Gauge("sppo_stage_total", "items of the current stage in all", tag_keys=staged)
@@ -65,3 +69,5 @@ class RunMetrics:
         if s["step_seconds"] is not None:
             self.step_time.set(s["step_seconds"], tags=self.tags)
         self.weight_sync.set(s["seconds"].get("broadcast", 0.0), tags=self.tags)
+        self.win_chosen.set(s["win_rate_chosen"], tags=self.tags)
+        self.win_rejected.set(s["win_rate_rejected"], tags=self.tags)

@@ -60,3 +60,14 @@ def write_config(path: Path, run_dir: Path, prompts: Path, **changes) -> Path:
 def llm_judge_config(path: Path, run_dir: Path, prompts: Path) -> Path:
     """The shared job with the LLM judge (its stage lasts long enough to crash a driver in) and no final eval."""
     return write_config(path, run_dir, prompts, judge=LLM_JUDGE, eval_at_end=False)
+
+
+GRAFANA = REPO / "cluster" / "grafana" / "sppo-ray.json"
+
+
+def dashboard_metrics() -> set[str]:
+    """Every metric name the shipped Grafana dashboard's PromQL reads."""
+    import re
+
+    panels = json.loads(GRAFANA.read_text())["panels"]
+    return {m for p in panels for t in p["targets"] for m in re.findall(r"\bray_[a-z_]+", t["expr"])}

@@ -71,7 +71,7 @@ def _scrape(port: int, seen: set[str], stop: threading.Event) -> None:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             # application metrics appear as ray_<name> (or plain <name> with some exporters)
             names = (line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#"))
-            seen.update(n.removeprefix("ray_") for n in names if "sppo_" in n)
+            seen.update(n.removeprefix("ray_") for n in names if n)  # ours (sppo_*) and Ray's own
         except OSError:
             pass
         stop.wait(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from e2e_helpers import dashboard_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -22,3 +23,6 @@ def test_job_submit_with_token_auth_and_metrics(submitted_run):
     expected = {"sppo_round", "sppo_stage", "sppo_generated_tokens_per_s", "sppo_train_loss",
                 "sppo_weight_sync_seconds", "sppo_stage_done", "sppo_stage_total", "sppo_stage_eta_seconds"}
     assert expected <= job["metrics"], f"metrics seen on the head's endpoint: {sorted(job['metrics'])}"
+    # every metric the Grafana dashboard plots is exported (the GPU panels' only by GPU nodes)
+    plotted = {m.removeprefix("ray_") for m in dashboard_metrics()} - {"node_gpus_utilization", "node_gram_used"}
+    assert plotted <= job["metrics"], f"plotted but not exported: {sorted(plotted - job['metrics'])}"
