@@ -159,8 +159,8 @@ def run_status(rd: RunDir, now: float | None = None) -> dict[str, Any]:
         state = "stopped"
     elif alive or (age is not None and age < 3 * HEARTBEAT_S):
         state = "running"
-    else:
-        state = "stopped" if progress else "not started"
+    else:  # no heartbeat: a driver that stopped, or a run directory from before progress.json existed
+        state = "stopped" if progress or manifest["stages"] else "not started"
     out = {"run_dir": rd.uri, "state": state, "iterations": iterations, "rounds_finished": rounds,
            "driver": {**progress.get("driver", {}), "alive": alive, "heartbeat_age_s": age}}
     if "stage" in progress:

@@ -105,6 +105,19 @@ def test_status_of_a_running_a_stopped_and_a_finished_run(tmp_path, capsys):
     assert printed["state"] == "finished" and printed["iterations"] == 2
 
 
+def test_status_of_a_run_directory_without_progress(tmp_path):
+    rd = RunDir(str(tmp_path))
+    rd.write_config({"iterations": 2})
+    assert run_status(rd)["state"] == "not started"
+    rd.record(0, "generate", outputs={"round_0/responses.parquet": "0" * 64}, seconds=1.0)
+    assert run_status(rd)["state"] == "stopped"
+    rd.record_round(0, {"round": 0})
+    rd.record_round(1, {"round": 1})
+    s = run_status(rd)
+    assert s["state"] == "finished" and s["last_round"] == {"round": 1}
+    assert "last round 1 finished" in status_text(s)
+
+
 def test_status_names_what_is_not_a_run_directory(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nothing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
