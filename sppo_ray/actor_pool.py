@@ -59,9 +59,14 @@ _BROKERS: dict[tuple[Any, ...], Any] = {}
 
 
 def _broker_for(actors: list[Any]) -> Any:
+    """The pool's broker, on the caller's (the driver's) node: anywhere else a lost node could take it, and with it
+    every forwarding task of the stage and the side records (rejects) collected so far."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     key = tuple(actors)
     if key not in _BROKERS:
-        _BROKERS[key] = _LeaseBroker.remote(len(actors))
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        _BROKERS[key] = _LeaseBroker.options(scheduling_strategy=here).remote(len(actors))
     return _BROKERS[key]
 
 

@@ -19,8 +19,9 @@ class SimulatedCluster:
         from ray.cluster_utils import Cluster
 
         self.store = int(object_store_gib * 2**30)
-        self.cluster = Cluster(initialize_head=True, connect=False,
-                               head_node_args={"num_cpus": 0, "num_gpus": 0, "object_store_memory": self.store})
+        head = {"num_cpus": 0, "num_gpus": 0, "object_store_memory": self.store,
+                "include_dashboard": True, "dashboard_port": _free_port()}  # 8265 may be another cluster's
+        self.cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
         self.workers: list[Any] = []
 
     @property
@@ -37,6 +38,8 @@ class SimulatedCluster:
     def dashboard_url(self) -> str:
         """The head's dashboard (Ray's state API: ``ray.util.state.list_actors(address=...)``) without connecting."""
         url = self.cluster.head_node.webui_url
+        if not url:
+            raise RuntimeError("the simulated cluster's head has no dashboard")
         return url if url.startswith("http") else f"http://{url}"
 
     def worker(self, node_id: str) -> Any:
@@ -65,6 +68,14 @@ class SimulatedCluster:
         if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
             ray.shutdown()  # a driver connected to the head would refuse its removal
         self.cluster.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextmanager
