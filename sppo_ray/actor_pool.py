@@ -23,8 +23,11 @@ class StaleState(RuntimeError):
     """An actor holds other state than the caller expects (a restarted generator serving π_0, say)."""
 
 
-_RETRY_ATTEMPTS = 8
 _RETRY_WAIT_S = 5.0
+# How long a batch keeps being retried while its actors die or restart. A call to a restarting actor fails at once
+# (ActorUnavailableError), and an engine that Ray restarts on a replacement node loads its model again: seconds for
+# a tiny model on idle cores, a minute or more under load, minutes for a 7B.
+_RETRY_WINDOW_S = 900.0
 
 
 @ray.remote(num_cpus=0)
@@ -87,20 +90,26 @@ def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]],
     """``actor.<method>.remote(rows, **kwargs)``; on a dead actor try the next one, on a stale one ``recover`` it."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    last_error: Exception | None = None
-    for attempt in range(_RETRY_ATTEMPTS):
+    deadline, attempt = time.monotonic() + _RETRY_WINDOW_S, 0
+    while True:
         actor = actors[(slot + attempt) % len(actors)]
+        attempt += 1
         try:
             return ray.get(getattr(actor, method).remote(rows, **kwargs))
         except (RayActorError, ActorUnavailableError) as err:
-            last_error = err  # the actor died mid-batch; Ray restarts it and we try again
-            time.sleep(_RETRY_WAIT_S)
+            last_error: Exception = err  # the actor died or is restarting; Ray restarts it and we try again
         except ray.exceptions.RayTaskError as err:
             if recover is None or "StaleState" not in str(err):
                 raise
             last_error = err
-            ray.get(getattr(actor, recover[0]).remote(*recover[1]))
-    raise RuntimeError(f"{method} failed after {_RETRY_ATTEMPTS} attempts: {last_error}")
+            try:
+                ray.get(getattr(actor, recover[0]).remote(*recover[1]))
+                continue
+            except (RayActorError, ActorUnavailableError) as lost:
+                last_error = lost
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{method} failed for {_RETRY_WINDOW_S:.0f} s ({attempt} attempts): {last_error}")
+        time.sleep(_RETRY_WAIT_S)
 
 
 def _forward(batch: pa.Table, *, actors, broker, execution: str, method: str, kwargs: dict[str, Any],
