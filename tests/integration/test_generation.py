@@ -157,8 +157,8 @@ def test_killed_generator_still_yields_one_row_per_prompt(generators, base_state
     assert ray.get(generators[0].ready.remote())["version"] == 3
 
 
-def test_an_interrupted_generation_resumes_with_the_prompts_no_chunk_holds(generators, embedded_policy, tmp_path,
-                                                                           monkeypatch):
+def test_an_interrupted_generation_resumes_with_the_prompts_no_chunk_holds(generators, embedded_policy, base_state,
+                                                                           tmp_path, monkeypatch):
     """A driver stopped after two chunks of the stage: the next execution generates only the other prompts, and
     writes the same responses.parquet as an uninterrupted stage."""
     from sppo_ray.config import parse_config
@@ -169,7 +169,10 @@ def test_an_interrupted_generation_resumes_with_the_prompts_no_chunk_holds(gener
 
     fields = ("k", "max_new_tokens", "max_prompt_tokens", "temperature", "batch_size", "dtype")
     config = parse_config({"generation": {**{f: getattr(CFG, f) for f in fields}, "chunk_prompts": 4}})
-    prompts, session = _prompts(12), Session(generators, [], embedded_policy)
+    weights = PolicyWeights(20, ray.put(base_state))  # whatever the tests before left in the engine
+    push_weights(generators, weights)
+    prompts = _prompts(12)
+    session = Session(generators, [], embedded_policy, generator_version=0, weights=weights)  # round 0, engine at v20
     whole_dir = RunDir(str(tmp_path / "whole"))
     whole = driver._generate(0, prompts, session, whole_dir, config)
 
