@@ -30,6 +30,7 @@ class StageChunks:
         self.rd, self.key, self.every, self.schema = rd, f"round_{t}/{stage}", every, schema
         self.folder, self.inputs = f"round_{t}/chunks_{stage}", inputs_digest(inputs)
         self.buffer: list[pa.Table] = []
+        self.buffered = 0
         self.written = len(self._recorded())
 
     def _recorded(self) -> list[dict[str, Any]]:
@@ -52,12 +53,13 @@ class StageChunks:
         if self.every <= 0:
             return
         self.buffer.append(rows)
-        if sum(t.num_rows for t in self.buffer) >= self.every:
+        self.buffered += rows.num_rows
+        if self.buffered >= self.every:
             self._write()
 
     def _write(self) -> None:
         table = pa.concat_tables(self.buffer)
-        self.buffer = []
+        self.buffer, self.buffered = [], 0
         self.written += 1
         rel = f"{self.folder}/{self.written:05d}.parquet"
         digest = self.rd.write_parquet(rel, table)

@@ -56,6 +56,7 @@ class Progress:
         self.tty = self.out.isatty() if tty is None else tty
         self.state: dict[str, Any] = {"driver": {"pid": os.getpid(), "host": socket.gethostname()}}
         self._printed_at, self._printed_frac, self._lock = 0.0, 0.0, threading.Lock()
+        self._written_at = float("-inf")
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
         self._beat.start()
@@ -73,7 +74,7 @@ class Progress:
     def add(self, n: int) -> None:
         with self._lock:
             self.state["done"] = self.state.get("done", 0) + n
-        self._write(self.clock())
+        self._write(self.clock(), file_every_s=1.0)  # called per block: the file at most once a second
 
     def end(self) -> None:
         """The current stage finished."""
@@ -102,13 +103,15 @@ class Progress:
             s["eta_s"] = left / s["rate"] if s["rate"] and left is not None else None
         return s
 
-    def _write(self, now: float, force_print: bool = False, print_line: bool = True) -> None:
+    def _write(self, now: float, force_print: bool = False, print_line: bool = True, file_every_s: float = 0.0) -> None:
         with self._lock:
             snap = self._snapshot(now)
-            try:
-                self.rd.write_json(PROGRESS, snap)
-            except OSError:  # a full or vanished run directory must not stop the run; the stage's output will tell
-                pass
+            if now - self._written_at >= file_every_s:
+                try:
+                    self.rd.write_json(PROGRESS, snap)
+                    self._written_at = now
+                except OSError:  # a full or vanished run directory must not stop the run; the stage's output tells
+                    pass
             if print_line and "stage" in snap:
                 self._print(snap, now, force_print)
                 if self.on_update is not None:  # the live metrics
