@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -13,7 +14,7 @@ import pyarrow.fs as pafs
 import ray
 
 from sppo_ray.config import ResourcesConfig, TrainingConfig
-from sppo_ray.training.worker import train_loop_per_worker
+from sppo_ray.training.worker import export_is_finished, train_loop_per_worker
 
 __all__ = ["TrainResult", "run_training"]
 
@@ -45,6 +46,30 @@ def _training_dataset(train_parquet: str) -> "ray.data.Dataset":
     return ray.data.read_parquet(train_parquet)
 
 
+def _fit_key(train_parquet: str, model_path: str, cfg: TrainingConfig) -> str:
+    """What the fit is of: the training set's bytes, the start model and the training settings. A fit directory or
+    an export under another key belongs to other inputs (the round was redone) and is not resumed or reused."""
+    fs, path = pafs.FileSystem.from_uri(train_parquet) if "://" in train_parquet else (pafs.LocalFileSystem(), train_parquet)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while block := stream.read(16 * 2**20):
+            h.update(block)
+    h.update(json.dumps({"model": str(model_path), "training": cfg.model_dump(mode="json")}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _fit_dir(storage_path: str, name: str, key: str) -> Path:
+    """The fit's directory under Ray Train's storage (local or a shared mount every node sees), emptied when an
+    earlier fit of other inputs left it; it holds Ray Train's state and ``export/``."""
+    fit_dir = Path(storage_path) / name
+    key_file = fit_dir / "fit_key"
+    if fit_dir.exists() and (not key_file.is_file() or key_file.read_text().strip() != key):
+        shutil.rmtree(fit_dir)
+    fit_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    return fit_dir
+
+
 def run_training(
     train_parquet: str,
     model_path: str,
@@ -68,11 +93,38 @@ def run_training(
 
     Workers get a whole GPU each, or in the colocated layout the share of it that the generator and judge bundle
     leaves (``resources.train_gpu_share``): one worker fits per GPU, so they land one per GPU.
+
+    The fit is finished once rank 0 has written ``storage_path/name/export``: a worker lost after that (in the
+    weight transfer, say) never makes the round train again, whether Ray Train restarts the group (its workers
+    find the export and return) or gives up (the export is used all the same); a driver that comes back after a
+    crash finds the export and skips the fit.
     """
+    started = time.perf_counter()
+    key = _fit_key(train_parquet, model_path, cfg)
+    export = _fit_dir(storage_path, name, key) / "export"
+    if export_is_finished(export, key):
+        print(f"training: {name} was exported by an earlier execution; using its export", flush=True)
+    else:
+        _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, str(export), key)
+    fit_seconds = time.perf_counter() - started
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.move(export, tmp)  # a rename on the same disk, not a copy of the weights
+    metrics_file = tmp / "train_metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    shutil.rmtree(Path(storage_path) / name, ignore_errors=True)  # the fit's own state is no longer needed
+    phases = json.loads((out_dir / "train_phases.json").read_text())
+    seconds = time.perf_counter() - started
+    return TrainResult(out_dir, metrics, seconds, {**phases, "fit": fit_seconds, "collect": seconds - fit_seconds})
+
+
+def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, export: str, key: str) -> None:
+    """One Ray Train fit that leaves π_{t+1} in ``export``; an error after the export is reported, not raised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -80,6 +132,8 @@ def run_training(
             "training": cfg.model_dump(mode="json"),
             "cpus_per_worker": res.train_cpus_per_worker,
             "env": dict(worker_env or {}),
+            "export_dir": export,
+            "fit_key": key,
             "send_to": send_to,
         },
         scaling_config=ScalingConfig(
@@ -98,24 +152,12 @@ def run_training(
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
-    result = trainer.fit()
-    fit_seconds = time.perf_counter() - started
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    checkpoint = result.checkpoint
-    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
-        shutil.move(checkpoint.path, tmp)  # a rename on the same disk, not a copy of the weights
-    else:
-        with checkpoint.as_directory() as exported:
-            shutil.copytree(exported, tmp)
-    metrics_file = tmp / "train_metrics.jsonl"
-    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    if "://" not in storage_path:  # the fit's own state (DeepSpeed checkpoints, the export) is no longer needed
-        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
-    phases = json.loads((out_dir / "train_phases.json").read_text())
-    seconds = time.perf_counter() - started
-    return TrainResult(out_dir, metrics, seconds, {**phases, "fit": fit_seconds, "collect": seconds - fit_seconds})
+    try:
+        trainer.fit()
+    except Exception as err:  # noqa: BLE001 - Ray Train's TrainingFailedError, or any error from the group
+        if not export_is_finished(export, key):
+            raise RuntimeError(f"training failed: {err}") from err
+        # a rank was lost after the export (the weight transfer): the round is trained; the driver sees which
+        # generators did not get π_{t+1} and loads the export into them
+        print(f"training: a worker failed after π_{{t+1}} was exported ({type(err).__name__}); using the export",
+              flush=True)

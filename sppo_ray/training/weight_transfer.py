@@ -10,12 +10,12 @@ in the colocated layout (each train worker shares its GPU's copy with the engine
 engine's named parameters, each ZeRO-3 partitioned one gathered in turn (a collective every train rank joins, so
 every rank calls :func:`send_policy`).
 
-The export is written (and reported to Ray Train) before the transfer, so a fit that loses a rank during it is
-finished, never retrained. A transfer that cannot be set up, or whose calls to the generators fail, is reported on
-every rank at the same point (rank 0 keeps joining the collectives, see :func:`_guarded_client`); the driver then
-restarts the generators that did not get the new version and loads π_{t+1} from the export. A failure inside a
-collective itself (a rank's GPU lost mid-gather) still waits for the collective timeout: no rank can leave a
-collective the others are in.
+The export is in the fit's export directory (every rank waited for it) before the transfer, so a fit that loses a
+rank during it is finished, never retrained. A transfer that cannot be set up, or whose calls to the generators
+fail, is reported on every rank at the same point (rank 0 keeps joining the collectives, see
+:func:`_guarded_client`); the driver then restarts the generators that did not get the new version and loads
+π_{t+1} from the export. A failure inside a collective itself (a rank's GPU lost mid-gather) still waits for the
+collective timeout: no rank can leave a collective the others are in.
 """
 
 from __future__ import annotations

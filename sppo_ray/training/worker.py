@@ -5,7 +5,8 @@ DeepSpeed, compute reference log-probs with the *starting* weights in one no-gra
 device (the reference policy of round t is π_t itself, so no second model is kept), then optimise.
 DeepSpeed checkpoints go through ``ray.train.report`` so a restarted worker group resumes at the last saved step,
 with the saved reference log-probs (the live weights have moved by then). Rank 0 exports π_{t+1} in the training
-precision as sharded safetensors.
+precision as sharded safetensors, straight into the fit's known export directory (renamed into place whole, with
+the fit's key): from then on the fit is finished, whatever happens to a rank (see :func:`_restart_point`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,20 @@ import torch
 from sppo_ray.training.batching import PairBatch, collate_pairs, row_token_ids, sequence_logps
 from sppo_ray.training.losses import LOSSES, sppo_targets
 
-__all__ = ["check_attn_implementation", "deepspeed_config", "disable_dropout", "epoch_batches", "match_reference",
-           "optimizer_step", "reference_batches", "train_loop_per_worker"]
+__all__ = ["FIT_KEY_FILE", "check_attn_implementation", "deepspeed_config", "disable_dropout", "epoch_batches",
+           "export_is_finished", "match_reference", "memory_keys_named", "optimizer_step", "reference_batches",
+           "train_loop_per_worker"]
 
 _TAG = "sppo"  # not "latest": DeepSpeed writes a file of that name beside the tag directory
+# In an export directory: the key of the fit (its training set, start model and settings) that wrote it.
+FIT_KEY_FILE = "fit_key"
+
+
+def export_is_finished(export_dir: str | Path, fit_key: str) -> bool:
+    """Whether ``export_dir`` holds π_{t+1} exported by the fit ``fit_key`` (the directory appears whole, by rename,
+    so a key file in it means every file is there)."""
+    key = Path(export_dir) / FIT_KEY_FILE
+    return key.is_file() and key.read_text().strip() == fit_key
 
 
 def deepspeed_config(t: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -222,14 +235,28 @@ def optimizer_step(engine, rows, micro_batches, t, pad_id, ref) -> tuple[int, li
     return tokens, losses, stats
 
 
-def _maybe_inject_failure(step: int, rank: int) -> None:
-    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) once at step N (a marker file makes it
-    one-shot)."""
+@contextmanager
+def memory_keys_named(t: dict[str, Any]):
+    """A GPU out of memory in the reference pass or a step becomes an error naming the two keys that set the train
+    stage's memory, with this config's values (the paper configs run at the fastest setting the plan shows fitting)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(
+            f"training ran out of GPU memory at training.micro_batch_size {t['micro_batch_size']} with "
+            f"training.gradient_checkpointing {str(t['gradient_checkpointing']).lower()}: set "
+            "training.gradient_checkpointing: true and/or a smaller training.micro_batch_size (`sppo-ray plan` "
+            f"shows what fits); it said: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+
+
+def _maybe_inject_failure(point: str, rank: int) -> None:
+    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) once before optimiser step N+1, or
+    =export right after the export (a marker file makes it one-shot)."""
     at = os.environ.get("SPPO_RAY_FAIL_AT_STEP")
     marker = os.environ.get("SPPO_RAY_FAIL_MARKER")
-    if at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and step == int(at):
+    if at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and point == at:
         if not os.path.exists(marker):
-            Path(marker).write_text(f"killed rank {rank} at step {step}\n")
+            Path(marker).write_text(f"killed rank {rank} at {'step ' if point.isdigit() else ''}{point}\n")
             os._exit(1)
 
 
@@ -242,18 +269,21 @@ def _save_checkpoint(engine, ref, keys, step, rank, metrics, metrics_log) -> Non
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _restart_point() -> tuple[str | None, Any]:
-    """Where a restarted worker group stands: ("export", ckpt) when π_{t+1} was already exported (a rank died
-    afterwards, e.g. in the weight transfer, or the driver crashed after the fit): the fit is finished and is never
-    trained again; ("mid_fit", ckpt) for the last DeepSpeed checkpoint; (None, None) for a fresh fit."""
+def _restart_point(export_dir: str, fit_key: str) -> tuple[str | None, Any]:
+    """Where a (re)started worker group stands: ("export", None) when this fit's π_{t+1} is already in the export
+    directory (a rank died afterwards, e.g. in the weight transfer): the fit is finished and is never trained
+    again; ("mid_fit", ckpt) for the last DeepSpeed checkpoint; (None, None) for a fresh fit.
+
+    The export is looked up in its directory, not among Ray Train's checkpoints: a rank lost right after the export
+    can stop Ray Train from ever registering a checkpoint reported there, and the round would be trained again."""
     import ray.train
 
+    if export_is_finished(export_dir, fit_key):
+        return "export", None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None, None
     with checkpoint.as_directory() as d:
-        if (Path(d) / "train_phases.json").is_file():
-            return "export", checkpoint
         return ("mid_fit", checkpoint) if (Path(d) / _TAG).is_dir() else (None, None)
 
 
@@ -309,24 +339,33 @@ def _gather_ranks(rank: int, world: int, metrics_log: list[dict[str, Any]], star
     return everyone
 
 
-def _export(engine, tokenizer, t: dict[str, Any], rank: int, files: dict[str, str], timer) -> None:
-    """Report π_{t+1} from rank 0 as an HF directory: safetensors shards of at most ``export_max_shard_gb`` (with an
-    index file when there are several), the tokenizer, and the small JSON ``files``."""
+def _export(engine, tokenizer, t: dict[str, Any], rank: int, files: dict[str, str], timer, export_dir: str,
+            fit_key: str) -> None:
+    """Write π_{t+1} from rank 0 into ``export_dir`` as an HF directory: safetensors shards of at most
+    ``export_max_shard_gb`` (with an index file when there are several), the tokenizer, the small JSON ``files``
+    and the fit's key. It is written beside and renamed into place, so the directory is either absent or whole; the
+    other ranks wait at a barrier until it is, so no rank goes on (to the weight transfer) before the fit is done."""
     import ray.train
+    import torch.distributed as dist
 
     state = _full_state_dict(engine, t["zero_stage"], rank)
-    if rank != 0:
-        ray.train.report({"exported": 0})
-        return
-    with tempfile.TemporaryDirectory() as tmp:
+    if rank == 0:
+        final = Path(export_dir)
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         engine.module.save_pretrained(tmp, state_dict=state, max_shard_size=int(t["export_max_shard_gb"] * 1e9))
         del state
         tokenizer.save_pretrained(tmp)
         for name, text in files.items():
-            (Path(tmp) / name).write_text(text)
+            (tmp / name).write_text(text)
         timer.lap("export")
-        (Path(tmp) / "train_phases.json").write_text(json.dumps({k: round(v, 3) for k, v in timer.seconds.items()}))
-        ray.train.report({"exported": 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        (tmp / "train_phases.json").write_text(json.dumps({k: round(v, 3) for k, v in timer.seconds.items()}))
+        (tmp / FIT_KEY_FILE).write_text(fit_key)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # one rename on the fit's storage: a reader sees no export or the whole of it
+    dist.barrier()
+    ray.train.report({"exported": int(rank == 0)})
 
 
 class _PhaseTimer:
@@ -427,16 +466,17 @@ def _step_metrics(step, epoch, losses, stats, engine, scheduler, tokens, world, 
 
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Ray Train entry point. ``config``: {"model_path", "training" (TrainingConfig as a dict), "cpus_per_worker",
-    "env", "send_to" (None, or [generator actors, version, backend, tensor parallel size]: whom to hand π_{t+1}
-    to through vLLM's weight-transfer API after the export)}."""
+    "env", "export_dir" and "fit_key" (where π_{t+1} goes, and the key that marks it this fit's), "send_to" (None,
+    or [generator actors, version, backend, tensor parallel size]: whom to hand π_{t+1} to through vLLM's
+    weight-transfer API after the export)}."""
     import ray.train
 
     t = config["training"]
     os.environ.update(config.get("env", {}))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    point, resume_from = _restart_point()
-    if point == "export":  # the fit's result is the reported export; the driver loads it into the generators
+    point, resume_from = _restart_point(config["export_dir"], config["fit_key"])
+    if point == "export":  # the fit's result is the export; the driver loads it into the generators
         if rank == 0:
             print("training: π_{t+1} was exported before the worker group restarted; the fit is finished", flush=True)
         return []
@@ -455,8 +495,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     engine, scheduler = _setup_engine(model, t, ds_config, total_steps)
     timer.lap("deepspeed_init")
     # Reference log-probs with π_t's weights, before any step and before a checkpoint is loaded into the engine.
-    ref, ref_info = ((None, {}) if resume_from is not None else
-                     _reference_logps(engine, rows, reference_batches(len(rows), t["micro_batch_size"]), t, pad_id))
+    with memory_keys_named(t):
+        ref, ref_info = ((None, {}) if resume_from is not None else
+                         _reference_logps(engine, rows, reference_batches(len(rows), t["micro_batch_size"]), t, pad_id))
     timer.lap("reference_pass")
     start_step, saved_ref, metrics_log = _resume(engine, [r["key"] for r in rows], resume_from)
     ref = saved_ref if saved_ref is not None else ref
@@ -467,10 +508,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             step = epoch * steps_per_epoch + s + 1
             if step <= start_step:
                 continue
-            _maybe_inject_failure(step - 1, rank)
+            _maybe_inject_failure(str(step - 1), rank)
             started = time.perf_counter()
-            tokens, losses, stats = optimizer_step(engine, rows, batches[s * accumulation : (s + 1) * accumulation],
-                                                   t, pad_id, ref)
+            with memory_keys_named(t):
+                tokens, losses, stats = optimizer_step(engine, rows, batches[s * accumulation : (s + 1) * accumulation],
+                                                       t, pad_id, ref)
             metrics = _step_metrics(step, epoch, losses, stats, engine, scheduler, tokens, world,
                                     time.perf_counter() - started)
             metrics_log.append(metrics)
@@ -486,7 +528,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     _export(engine, tokenizer, t, rank, {"train_metrics.jsonl": "".join(json.dumps(m) + "\n" for m in metrics_log),
                                          "export_check.json": json.dumps(check), "train_info.json": json.dumps(info),
                                          "train_ranks.json": json.dumps(ranks)},
-            timer)
+            timer, config["export_dir"], config["fit_key"])
+    _maybe_inject_failure("export", rank)
     if config.get("send_to"):  # then π_{t+1} straight into the engines (GPU; every rank joins the gathers)
         from sppo_ray.training.weight_transfer import send_policy
 

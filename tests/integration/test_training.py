@@ -197,3 +197,42 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, embedded_policy, tra
     assert [m["step"] for m in result.metrics] == [1, 2]  # step 1 came from the checkpoint, not a restart
     assert (result.model_dir / "model.safetensors").is_file()
 
+
+
+def test_a_rank_lost_after_the_export_never_trains_the_round_again(ray_cluster, embedded_policy, train_parquet,
+                                                                   tmp_path, capfd):
+    # Ray Train may not restart the group (max_failures 0): the fit fails after the export, and the round is
+    # finished from the export all the same (the driver then loads it into any generator the transfer missed).
+    marker = tmp_path / "killed.txt"
+    result = run_training(
+        str(train_parquet), str(embedded_policy), tmp_path / "model", _config(epochs=1, max_failures=0), RES,
+        storage_path=str(tmp_path / "ray_train"), name="fit-lost-after-export",
+        worker_env={"SPPO_RAY_FAIL_AT_STEP": "export", "SPPO_RAY_FAIL_MARKER": str(marker)},
+    )
+    assert marker.read_text().startswith("killed rank 1 at export")
+    assert "a worker failed after π_{t+1} was exported" in capfd.readouterr().out
+    assert [m["step"] for m in result.metrics] == [1, 2]
+    assert (result.model_dir / "model.safetensors").is_file()
+    assert not (tmp_path / "ray_train" / "fit-lost-after-export").exists()  # the fit's state is cleaned up
+
+
+def test_a_driver_back_after_the_export_skips_the_fit(trained, embedded_policy, train_parquet, tmp_path, capfd):
+    # What a driver that crashed between the export and collecting it finds: the export, under this fit's key.
+    import shutil
+
+    from sppo_ray.training.trainer import _fit_dir, _fit_key
+
+    cfg = _config()
+    key = _fit_key(str(train_parquet), str(embedded_policy), cfg)
+    shutil.copytree(trained.model_dir, _fit_dir(str(tmp_path / "ray_train"), "fit", key) / "export")
+    (_fit_dir(str(tmp_path / "ray_train"), "fit", key) / "export" / "fit_key").write_text(key)
+    result = run_training(str(train_parquet), str(embedded_policy), tmp_path / "model", cfg, RES,
+                          storage_path=str(tmp_path / "ray_train"), name="fit")
+    assert "was exported by an earlier execution" in capfd.readouterr().out
+    assert result.metrics == trained.metrics
+    assert (result.model_dir / "model.safetensors").read_bytes() == (trained.model_dir / "model.safetensors").read_bytes()
+    # the same directory under another fit's key (a redone round) is emptied, not reused
+    fit = _fit_dir(str(tmp_path / "ray_train"), "fit", key)
+    (fit / "export").mkdir()
+    (fit / "export" / "fit_key").write_text(key)
+    assert not (_fit_dir(str(tmp_path / "ray_train"), "fit", "another key") / "export").exists()
