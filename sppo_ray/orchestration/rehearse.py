@@ -86,8 +86,10 @@ def rehearsal_config(config: RunConfig, cluster_gpus: int, real: bool, run_dir: 
     d["judge"].update(max_source_tokens=min(d["judge"]["max_source_tokens"], 96),
                       max_candidate_tokens=min(d["judge"]["max_candidate_tokens"], 32))
     t = d["training"]
+    # one row a micro-batch: a tiny round gives each worker about PROMPTS_PER_WORKER rows (the paper configs'
+    # micro-batch of 4 is about a 7B model's memory, which `sppo-ray plan` and the GPU checks cover, not placement)
     t.update(lr=REHEARSAL_LR, epochs=1, max_length=160, max_prompt_length=max(g["max_prompt_tokens"], 96),
-             global_batch_size=t["micro_batch_size"] * workers, checkpoint_every=0)
+             micro_batch_size=1, global_batch_size=workers, checkpoint_every=0)
     d["tracking"] = {"kind": "none"}
     return d
 

@@ -113,8 +113,9 @@ def test_colocated_paper_config_keeps_every_gpu_busy(nodes):
 def test_colocated_per_stage_memory_by_hand():
     """A small config whose figures are computed here by hand: 2 bundles, ZeRO-2, no offload."""
     small = Architecture(hidden=512, intermediate=1024, layers=4, heads=8, kv_heads=8, vocab=1000)
-    cfg = load_config(MISTRAL, ["training.zero_stage=2", "training.global_batch_size=2", "resources.generators=2",
-                                "resources.judges=2", "resources.train_workers=2", "generation.sleep_level=2"])
+    cfg = load_config(MISTRAL, ["training.zero_stage=2", "training.global_batch_size=2", "training.micro_batch_size=1",
+                                "resources.generators=2", "resources.judges=2", "resources.train_workers=2",
+                                "generation.sleep_level=2"])
     plan = make_plan(cfg, small, ClusterSpec(1, 2, 80))
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 

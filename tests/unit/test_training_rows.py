@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sppo_ray.training.worker import disable_dropout, epoch_batches, match_reference, reference_batches
+from sppo_ray.training.worker import (disable_dropout, epoch_batches, match_reference, memory_keys_named,
+                                     reference_batches)
 
 
 @pytest.mark.unit
@@ -59,3 +60,16 @@ def test_training_runs_without_dropout_on_a_model_whose_config_has_it(kind):
     model = AutoModelForCausalLM.from_config(config).train()
     disable_dropout(config, model)
     assert torch.equal(model(ids).logits, model(ids).logits)  # in train mode, as DeepSpeed runs it
+
+
+def test_out_of_gpu_memory_in_training_names_the_keys_to_change():
+    t = {"micro_batch_size": 4, "gradient_checkpointing": False}
+    with pytest.raises(RuntimeError) as err:
+        with memory_keys_named(t):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    text = str(err.value)
+    assert "training.micro_batch_size 4" in text and "training.gradient_checkpointing false" in text
+    assert "set training.gradient_checkpointing: true" in text and "Tried to allocate 2.00 GiB" in text
+    with pytest.raises(ValueError):  # any other error passes through as it was
+        with memory_keys_named(t):
+            raise ValueError("not memory")
