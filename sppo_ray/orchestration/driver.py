@@ -252,7 +252,8 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Pat
             if config.weight_transfer else None
         result = run_training(rd.local_path(f"round_{t}/train.parquet"), str(start_model),
                               Path(rd.local_path(rel)), config.training, config.resources,
-                              storage_path=rd.local_path("ray_train"), name=f"round_{t}", send_to=send_to)
+                              storage_path=rd.local_path("ray_train"), name=f"round_{t}", send_to=send_to,
+                              run_name=config.name)
         rd.record(t, "train", outputs={rel: _dir_digest(result.model_dir)}, seconds=result.seconds,
                   steps=len(result.metrics), inputs={**rd.done(t, "dataset")["outputs"], "start_model": str(start_model)})
     metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"

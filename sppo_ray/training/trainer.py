@@ -80,6 +80,7 @@ def run_training(
     name: str,
     worker_env: dict[str, str] | None = None,
     send_to: tuple[list[Any], int, str, int] | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
     """Fit π_t -> π_{t+1} on one round's training set and copy the exported model to ``out_dir``.
 
@@ -89,7 +90,8 @@ def run_training(
     environment before training starts (e.g. NCCL or DeepSpeed variables). ``send_to`` = (generator actors,
     version, backend, tensor parallel size): after the export, the workers also hand the weights to those
     generators through vLLM's weight-transfer API ("ipc" or "nccl"; GPU only; see training/weight_transfer.py).
-    Whether it worked shows in the generators' version (``Session.broadcast`` checks it).
+    Whether it worked shows in the generators' version (``Session.broadcast`` checks it). With ``run_name`` rank 0
+    sets per-step gauges tagged with it (training/live.py) for the Ray dashboard and Grafana.
 
     Workers get a whole GPU each, or in the colocated layout the share of it that the generator and judge bundle
     leaves (``resources.train_gpu_share``): one worker fits per GPU, so they land one per GPU.
@@ -105,7 +107,8 @@ def run_training(
     if export_is_finished(export, key):
         print(f"training: {name} was exported by an earlier execution; using its export", flush=True)
     else:
-        _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, str(export), key)
+        _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, str(export), key,
+             run_name)
     fit_seconds = time.perf_counter() - started
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -120,7 +123,8 @@ def run_training(
     return TrainResult(out_dir, metrics, seconds, {**phases, "fit": fit_seconds, "collect": seconds - fit_seconds})
 
 
-def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, export: str, key: str) -> None:
+def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, export: str, key: str,
+         run_name: str | None) -> None:
     """One Ray Train fit that leaves π_{t+1} in ``export``; an error after the export is reported, not raised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -134,6 +138,7 @@ def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, se
             "env": dict(worker_env or {}),
             "export_dir": export,
             "fit_key": key,
+            "run_name": run_name,
             "send_to": send_to,
         },
         scaling_config=ScalingConfig(

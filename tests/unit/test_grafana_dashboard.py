@@ -1,5 +1,6 @@
-"""The shipped Grafana dashboard reads only metrics that exist: ours (orchestration/metrics.py) and Ray's own node
-metrics as the installed Ray's reporter defines them. (test_job_submit checks they reach the head's endpoint.)"""
+"""The shipped Grafana dashboard reads only metrics that exist: ours (orchestration/metrics.py, training/live.py)
+and Ray's own node metrics as the installed Ray's reporter defines them. (test_job_submit checks they reach the
+head's endpoint.)"""
 
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ def _plotted() -> set[str]:
 
 
 def test_every_plotted_metric_is_ours_or_rays():
-    ours = set(re.findall(r'(?:Gauge|Counter)\(\s*"(sppo_\w+)"',
-                          (REPO / "sppo_ray" / "orchestration" / "metrics.py").read_text()))
+    ours = {m for f in ("orchestration/metrics.py", "training/live.py")
+            for m in re.findall(r'(?:Gauge|Counter)\(\s*"(sppo_\w+)"', (REPO / "sppo_ray" / f).read_text())}
     reporter = Path(ray.__file__).parent / "dashboard" / "modules" / "reporter" / "reporter_agent.py"
     rays = set(re.findall(r'"(node_[a-z_]+)"', reporter.read_text()))
     plotted = {m.removeprefix("ray_") for m in _plotted()}
     assert plotted <= ours | rays, f"unknown metrics: {sorted(plotted - ours - rays)}"
     # the issue's panels: stage timeline, progress and ETA, tokens/s, judge, loss, win rates, weight sync, Ray's own
     for wanted in ("sppo_stage", "sppo_stage_done", "sppo_stage_eta_seconds", "sppo_generated_tokens_per_s",
-                   "sppo_judge_seconds_per_pair", "sppo_train_loss", "sppo_win_rate_chosen",
+                   "sppo_judge_seconds_per_pair", "sppo_train_loss", "sppo_train_step_loss", "sppo_train_step",
+                   "sppo_train_tokens_per_s", "sppo_win_rate_chosen",
                    "sppo_weight_sync_seconds", "node_cpu_utilization", "node_gpus_utilization"):
         assert wanted in plotted, wanted
 
