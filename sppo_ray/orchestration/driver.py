@@ -147,7 +147,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     with timer("dataset"):
         _dataset(t, generated, judged, rd)
     with timer("train"):
-        model_dir, train_metrics = _train(t, rd, config, session)
+        model_dir, train_metrics = _train(t, rd, config, session, progress)
     with timer("broadcast"):
         session.broadcast(policy_weights(model_dir, t + 1), after_transfer="train" not in skipped
                           and config.weight_transfer is not None)
@@ -242,7 +242,8 @@ def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
               inputs={**rd.done(t, "generate")["outputs"], **rd.done(t, "judge")["outputs"]})
 
 
-def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Path, list[dict[str, Any]]]:
+def _train(t: int, rd: RunDir, config: RunConfig, session: Session,
+           progress: Progress | None = None) -> tuple[Path, list[dict[str, Any]]]:
     rel = f"round_{t}/model"
     start_model = session.base_policy if t == 0 else Path(rd.local_path(f"round_{t - 1}/model"))
     if not rd.done(t, "train"):
@@ -253,7 +254,8 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session) -> tuple[Pat
         result = run_training(rd.local_path(f"round_{t}/train.parquet"), str(start_model),
                               Path(rd.local_path(rel)), config.training, config.resources,
                               storage_path=rd.local_path("ray_train"), name=f"round_{t}", send_to=send_to,
-                              run_name=config.name)
+                              run_name=config.name, on_steps=None if progress is None else
+                              lambda p: progress.count(p["step"], p["total"], "steps", f"loss {p['loss']:.4g}"))
         rd.record(t, "train", outputs={rel: _dir_digest(result.model_dir)}, seconds=result.seconds,
                   steps=len(result.metrics), inputs={**rd.done(t, "dataset")["outputs"], "start_model": str(start_model)})
     metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"

@@ -1,7 +1,7 @@
 """Where a run stands, kept current by its driver: ``RUN_DIR/progress.json``, progress lines, `sppo-ray status`.
 
 The driver enters each stage here, and the streamed stages (generation, judging) count their rows as blocks
-arrive. Printed on a terminal as one line redrawn in place; in a pipe or a log as a line when a stage starts,
+arrive; training counts optimiser steps as rank 0 reports them (with the last loss). Printed on a terminal as one line redrawn in place; in a pipe or a log as a line when a stage starts,
 then at most one per 10% of it and 30 s, and one when it ends. ``progress.json`` is rewritten on each change and
 every ``heartbeat_s`` (a driver that stops writing it has stopped).
 """
@@ -39,11 +39,13 @@ def progress_line(p: dict[str, Any]) -> str:
     done, total, unit = p["done"], p["total"], p["unit"]
     pct = 100 * done / total if total else 100.0
     line = f"{head}: {done}/{total} {unit} ({pct:.0f}%)"
+    note = f", {p['note']}" if p.get("note") else ""
     if p.get("finished"):
-        return f"{line} in {format_seconds(p['elapsed_s'])}"
+        return f"{line} in {format_seconds(p['elapsed_s'])}{note}"
     if p.get("rate"):
-        line += f", {p['rate']:.1f} {unit}/s, ETA {format_seconds(p.get('eta_s'))}"
-    return line
+        rate = f"{p['rate']:.1f} {unit}/s" if p["rate"] >= 1 else f"{1 / p['rate']:.1f} s per {unit.rstrip('s')}"
+        line += f", {rate}, ETA {format_seconds(p.get('eta_s'))}"
+    return line + note
 
 
 class Progress:
@@ -67,7 +69,7 @@ class Progress:
         now = self.clock()
         with self._lock:
             self.state.update(round=t, stage=stage, total=total, unit=unit, done=already, counted_from=already,
-                              started_at=now, finished=False)
+                              started_at=now, counted_since=now, finished=False, note=None)
             self._printed_frac = already / total if total else 0.0
         self._write(now, force_print=total is not None)
 
@@ -75,6 +77,18 @@ class Progress:
         with self._lock:
             self.state["done"] = self.state.get("done", 0) + n
         self._write(self.clock(), file_every_s=1.0)  # called per block: the file at most once a second
+
+    def count(self, done: int, total: int, unit: str, note: str | None = None) -> None:
+        """A stage that learns its size once running (training: optimiser steps, from the workers): ``done`` of
+        ``total`` so far. The rate counts from the first count (not from the stage's start-up)."""
+        now = self.clock()
+        with self._lock:
+            first = self.state.get("total") is None
+            if first:
+                self.state.update(counted_from=done, counted_since=now)
+                self._printed_frac = done / total if total else 0.0
+            self.state.update(done=done, total=total, unit=unit, note=note)
+        self._write(now, force_print=first, file_every_s=1.0)
 
     def end(self) -> None:
         """The current stage finished."""
@@ -97,8 +111,8 @@ class Progress:
         s = dict(self.state, updated_at=now)
         if "started_at" in s:
             s["elapsed_s"] = now - s["started_at"]
-            counted = s["done"] - s.get("counted_from", 0)
-            s["rate"] = counted / s["elapsed_s"] if counted and s["elapsed_s"] > 0 else None
+            counted, counting_s = s["done"] - s.get("counted_from", 0), now - s.get("counted_since", s["started_at"])
+            s["rate"] = counted / counting_s if counted and counting_s > 0 else None
             left = (s["total"] - s["done"]) if s.get("total") is not None else None
             s["eta_s"] = left / s["rate"] if s["rate"] and left is not None else None
         return s
@@ -168,7 +182,7 @@ def run_status(rd: RunDir, now: float | None = None) -> dict[str, Any]:
            "driver": {**progress.get("driver", {}), "alive": alive, "heartbeat_age_s": age}}
     if "stage" in progress:
         out["current"] = {k: progress.get(k) for k in ("round", "stage", "done", "total", "unit", "rate", "eta_s",
-                                                      "elapsed_s", "finished")}
+                                                      "elapsed_s", "finished", "note")}
     if rounds:
         out["last_round"] = manifest["rounds"][str(rounds[-1])]
     return out

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.fs as pafs
 import ray
 
 from sppo_ray.config import ResourcesConfig, TrainingConfig
+from sppo_ray.training.live import read_steps
 from sppo_ray.training.worker import export_is_finished, train_loop_per_worker
 
 __all__ = ["TrainResult", "run_training"]
@@ -81,6 +84,7 @@ def run_training(
     worker_env: dict[str, str] | None = None,
     send_to: tuple[list[Any], int, str, int] | None = None,
     run_name: str | None = None,
+    on_steps: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Fit π_t -> π_{t+1} on one round's training set and copy the exported model to ``out_dir``.
 
@@ -91,7 +95,8 @@ def run_training(
     version, backend, tensor parallel size): after the export, the workers also hand the weights to those
     generators through vLLM's weight-transfer API ("ipc" or "nccl"; GPU only; see training/weight_transfer.py).
     Whether it worked shows in the generators' version (``Session.broadcast`` checks it). With ``run_name`` rank 0
-    sets per-step gauges tagged with it (training/live.py) for the Ray dashboard and Grafana.
+    sets per-step gauges tagged with it (training/live.py) for the Ray dashboard and Grafana; ``on_steps`` is called
+    from a thread with rank 0's last step (``{"step", "total", "loss"}``) whenever it moves.
 
     Workers get a whole GPU each, or in the colocated layout the share of it that the generator and judge bundle
     leaves (``resources.train_gpu_share``): one worker fits per GPU, so they land one per GPU.
@@ -107,8 +112,9 @@ def run_training(
     if export_is_finished(export, key):
         print(f"training: {name} was exported by an earlier execution; using its export", flush=True)
     else:
-        _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, str(export), key,
-             run_name)
+        with _watching_steps(export.parent, on_steps):
+            _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, str(export), key,
+                 run_name)
     fit_seconds = time.perf_counter() - started
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -121,6 +127,37 @@ def run_training(
     phases = json.loads((out_dir / "train_phases.json").read_text())
     seconds = time.perf_counter() - started
     return TrainResult(out_dir, metrics, seconds, {**phases, "fit": fit_seconds, "collect": seconds - fit_seconds})
+
+
+@contextmanager
+def _watching_steps(fit_dir: Path, on_steps: Callable[[dict[str, Any]], None] | None, every_s: float = 1.0):
+    """Polls rank 0's steps file while the fit runs and hands each new step to ``on_steps``."""
+    if on_steps is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        last = None
+        while not stop.wait(every_s):
+            now = read_steps(fit_dir)
+            if now is not None and now != last:
+                last = now
+                try:
+                    on_steps(now)
+                except Exception as err:  # noqa: BLE001 - progress must never stop a fit
+                    print(f"training: progress stopped ({type(err).__name__}: {err})", flush=True)
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        if (last := read_steps(fit_dir)) is not None:  # the final step, should the fit end between polls
+            on_steps(last)
 
 
 def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, export: str, key: str,

@@ -464,19 +464,19 @@ def _step_metrics(step, epoch, losses, stats, engine, scheduler, tokens, world, 
     }
 
 
-def _live_gauges(config: dict[str, Any], rank: int):
-    """Rank 0's per-step gauges when the fit belongs to a named run (the driver's), else None."""
-    if rank != 0 or not config.get("run_name"):
+def _step_reporter(config: dict[str, Any], rank: int):
+    """Rank 0's per-step report (the steps file the driver polls; gauges when the fit belongs to a named run)."""
+    if rank != 0:
         return None
-    from sppo_ray.training.live import StepGauges
+    from sppo_ray.training.live import StepReporter
 
-    return StepGauges(config["run_name"])
+    return StepReporter(Path(config["export_dir"]).parent, config.get("run_name"))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Ray Train entry point. ``config``: {"model_path", "training" (TrainingConfig as a dict), "cpus_per_worker",
     "env", "export_dir" and "fit_key" (where π_{t+1} goes, and the key that marks it this fit's), "run_name"
-    (None, or the run whose per-step gauges rank 0 sets: training/live.py), "send_to" (None,
+    (None, or the run whose per-step gauges rank 0 sets, see training/live.py), "send_to" (None,
     or [generator actors, version, backend, tensor parallel size]: whom to hand π_{t+1} to through vLLM's
     weight-transfer API after the export)}."""
     import ray.train
@@ -511,7 +511,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     timer.lap("reference_pass")
     start_step, saved_ref, metrics_log = _resume(engine, [r["key"] for r in rows], resume_from)
     ref = saved_ref if saved_ref is not None else ref
-    live = _live_gauges(config, rank)
+    live = _step_reporter(config, rank)
     if live is not None:
         live.started(start_step, total_steps)
     for epoch in range(t["epochs"]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -39,12 +40,15 @@ def test_output_is_quiet_by_default(tiny_run):
 
 
 def test_progress_lines_and_status_of_the_finished_run(tiny_run, cli_env):
-    """In a pipe each streamed stage prints where it starts and where it ends (every prompt handled, the skipped
-    over-long one too); `sppo-ray status` reads the run as finished, with its last round."""
+    """In a pipe each counted stage prints where it starts and where it ends (every prompt handled, the skipped
+    over-long one too; every optimiser step); `sppo-ray status` reads the run as finished, with its last round."""
     for t in (0, 1):
         assert f"round {t} generate: 0/8 prompts (0%)" in tiny_run["stdout"]
         assert f"round {t} generate: 8/8 prompts (100%) in " in tiny_run["stdout"]
         assert f"round {t} judge: " in tiny_run["stdout"]
+        # training counts rank 0's optimiser steps, with the last loss
+        steps = json.loads((tiny_run["dir"] / "manifest.json").read_text())["stages"][f"round_{t}/train"]["steps"]
+        assert re.search(rf"round {t} train: {steps}/{steps} steps \(100%\) in \S+, loss -?\d", tiny_run["stdout"])
     status = json.loads(cli("status", str(tiny_run["dir"]), "--json", env=cli_env).stdout)
     assert status["state"] == "finished" and status["rounds_finished"] == [0, 1]
     assert status["last_round"]["round"] == 1 and status["driver"]["alive"] is False

@@ -124,3 +124,19 @@ def test_status_names_what_is_not_a_run_directory(tmp_path, capsys):
     os.makedirs(tmp_path / "empty")
     assert main(["status", str(tmp_path / "empty")]) == 2
     assert "not a run directory (no config.yaml)" in capsys.readouterr().err
+
+
+def test_training_counts_steps_from_the_first_report_with_the_last_loss(tmp_path):
+    rd, out, clock, p = _progress(tmp_path)
+    p.stage(0, "train")
+    clock.now += 60  # the workers start, load π_t and DeepSpeed before the first step: not in the rate
+    for n in range(1, 41):
+        p.count(n, 40, "steps", f"loss {0.7 - n / 100:.4g}")
+        clock.now += 2
+    p.end()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "round 0 train: 1/40 steps (2%), loss 0.69"
+    assert "2.0 s per step, ETA" in lines[2] and lines[2].endswith(", loss " + lines[2].rsplit("loss ", 1)[1])
+    assert lines[-1] == "round 0 train: 40/40 steps (100%) in 2m20s, loss 0.3"
+    assert len(lines) <= 12
+    assert run_status(rd, now=clock.now)["current"]["note"] == "loss 0.3"
