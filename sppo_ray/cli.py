@@ -245,13 +245,16 @@ def main(argv: list[str] | None = None) -> int:
         from sppo_ray.orchestration.verbosity import VERBOSE_ENV
 
         os.environ[VERBOSE_ENV] = "1"
-    from sppo_ray.errors import UserError
+    from sppo_ray.errors import RunFailedError, UserError
 
     try:
         return _COMMANDS[args.command](args)
     except UserError as err:
         print(f"sppo-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunFailedError as err:
+        print(f"sppo-ray {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sppo-ray {args.command}: interrupted", file=sys.stderr)
         return 130

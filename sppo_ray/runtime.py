@@ -6,11 +6,17 @@ Roles (generation, judging, training) and the orchestration both import this mod
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["VERBOSE_ENV", "engine_log_env", "verbose", "where_am_i"]
+__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "log_role_output", "role_env", "verbose", "where_am_i"]
 
 VERBOSE_ENV = "SPPO_RAY_VERBOSE"
+# Set by the driver to RUN_DIR/logs: where each role's process writes its output (see log_role_output).
+LOG_DIR_ENV = "SPPO_RAY_LOG_DIR"
 
 
 def verbose() -> bool:
@@ -18,9 +24,36 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
-def engine_log_env() -> dict[str, str]:
-    """Environment for an engine's actor process: vLLM's log level."""
-    return {"VLLM_LOGGING_LEVEL": "INFO" if verbose() else "WARNING"}
+def role_env() -> dict[str, str]:
+    """Environment a role's process gets from the driver: vLLM's log level, ``--verbose``, the run's log dir."""
+    env = {"VLLM_LOGGING_LEVEL": "INFO" if verbose() else "WARNING"}
+    for key in (VERBOSE_ENV, LOG_DIR_ENV):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def log_role_output(name: str) -> str | None:
+    """From here on this process's stdout and stderr (its libraries' too: vLLM, DeepSpeed, transformers, Ray Train)
+    go to ``LOG_DIR/<name>.log``, appended (a restarted actor adds to its log), when the driver named a log dir and
+    ``--verbose`` is off. Returns the path, or None when the output stays where Ray sends it."""
+    log_dir = os.environ.get(LOG_DIR_ENV)
+    if not log_dir or verbose():
+        return None
+    path = Path(log_dir) / f"{name}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:  # an unwritable log dir must not stop a role: its output stays in Ray's logs
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"=== {name}: pid {os.getpid()} on {socket.gethostname()}, {stamp}", flush=True)
+    return str(path)
 
 
 def gpu_uuid() -> str | None:

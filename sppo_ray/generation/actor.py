@@ -97,6 +97,10 @@ class GeneratorActor:
                  weight_transfer: str | None = None, index: int = 0) -> None:
         import torch
 
+        from sppo_ray.runtime import log_role_output
+
+        log_role_output(f"generator-{index}")  # vLLM's output into the run's logs/, not the driver's terminal
+
         self.cfg = cfg
         self.version = 0
         started = time.perf_counter()

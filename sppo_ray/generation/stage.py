@@ -19,7 +19,7 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.generation.actor import GeneratorActor
 from sppo_ray.generation.weights import ShardSource, has_files
-from sppo_ray.runtime import engine_log_env
+from sppo_ray.runtime import role_env
 
 __all__ = [
     "GENERATION_SCHEMA",
@@ -71,7 +71,7 @@ def generator_options(res: ResourcesConfig) -> dict[str, Any]:
     is set for the whole process through the runtime env: every thread of a threaded actor must see the same count
     (vLLM's CPU attention checks it).
     """
-    env = engine_log_env()  # vLLM at WARNING unless --verbose
+    env = role_env()  # vLLM at WARNING unless --verbose; the run's log dir
     if not res.generator_gpus or res.logical_gpus:  # CPU engines (also on CPU nodes that declare GPUs)
         env["OMP_NUM_THREADS"] = str(engine_threads(res))
     return {"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus * res.tensor_parallel,

@@ -24,8 +24,13 @@ class JudgeActor:
         device: "cuda" or "cpu" for the judge model; None: cuda when one is visible.
     """
 
-    def __init__(self, model_path: str | None, cfg: JudgeConfig, threads: int = 0, device: str | None = None) -> None:
+    def __init__(self, model_path: str | None, cfg: JudgeConfig, threads: int = 0, device: str | None = None,
+                 index: int = 0) -> None:
         import torch
+
+        from sppo_ray.runtime import log_role_output
+
+        log_role_output(f"judge-{index}")  # transformers' output into the run's logs/, not the driver's terminal
 
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1); while judging, the other roles are idle.
         torch.set_num_threads(threads or os.cpu_count() or 1)

@@ -14,6 +14,7 @@ import ray
 from sppo_ray.actor_pool import in_order, stream_through_actors
 from sppo_ray.config import JudgeConfig, ResourcesConfig
 from sppo_ray.judging.actor import JudgeActor
+from sppo_ray.runtime import role_env
 
 __all__ = [
     "JUDGED_SCHEMA",
@@ -57,13 +58,13 @@ def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesC
     replica ``i`` into bundle ``i``.
     """
     options = dict(num_cpus=res.judge_cpus, num_gpus=res.judge_gpus, max_restarts=3, max_task_retries=0,
-                   max_concurrency=CALLS_PER_JUDGE)
+                   max_concurrency=CALLS_PER_JUDGE, runtime_env={"env_vars": role_env()})
     # Ray narrows CUDA_VISIBLE_DEVICES to an actor's own GPUs, but leaves it alone for an actor without any: a
     # judge_gpus 0 judge on a GPU node would see every GPU and take cuda:0 from the role that reserved it.
     # Logical GPUs (CPU nodes that declare them): the share is reserved, the judge computes on CPU.
     device = "cuda" if res.judge_gpus > 0 and not res.logical_gpus else "cpu"
     actors = [ray.remote(JudgeActor).options(**options, **(placement.options(i) if placement else {}))
-              .remote(model_path, cfg, res.actor_threads, device) for i in range(res.judges)]
+              .remote(model_path, cfg, res.actor_threads, device, i) for i in range(res.judges)]
     ray.get([a.ready.remote() for a in actors])
     return actors
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow as pa
 from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_config
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.data.trl_format import trl_preference_table
-from sppo_ray.errors import RunStateError
+from sppo_ray.errors import RunFailedError, RunStateError, UserError
 from sppo_ray.generation.stage import GENERATION_SCHEMA, run_generation_stage
 from sppo_ray.judging.stage import build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
@@ -33,6 +34,7 @@ from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
 from sppo_ray.orchestration.tracking import Tracker, build_tracker, round_metrics, train_step_metrics
+from sppo_ray.runtime import LOG_DIR_ENV, verbose
 from sppo_ray.training.trainer import run_training
 
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
@@ -81,6 +83,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     rd.write_config(config.to_dict())
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
+    os.environ[LOG_DIR_ENV] = rd.local_path("logs")  # each role's process writes its output there
     started_local = init_ray(config)
     check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
     check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role quietly falls back to CPU
@@ -108,6 +111,12 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
+    except UserError:
+        raise
+    except Exception as err:
+        if verbose():
+            raise
+        raise _failed(err, rd, progress.state) from None
     finally:
         progress.close(outcome)
         tracker.close()
@@ -261,6 +270,27 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session,
     metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"
     train_metrics = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
     return Path(rd.local_path(rel)), train_metrics
+
+
+def _failed(err: Exception, rd: RunDir, where: dict[str, Any]) -> RunFailedError:
+    """The one-line error of a failed stage; its whole traceback (with a role's remote one) goes to
+    ``logs/driver-traceback.log`` beside the roles' own logs."""
+    import traceback
+
+    logs = Path(rd.local_path("logs"))
+    logs.mkdir(parents=True, exist_ok=True)
+    cause = getattr(err, "cause", None)  # a role's own exception inside Ray's RayTaskError
+    cause = cause if isinstance(cause, Exception) else err
+    parts = traceback.format_exception(err)
+    if cause is not err:  # the role's own error and its remote traceback, as Ray carried them
+        parts += ["\nin the role:\n", getattr(err, "traceback_str", "") or "", *traceback.format_exception(cause)]
+    (logs / "driver-traceback.log").write_text("".join(parts))
+    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:300]
+    role = getattr(err, "function_name", None)  # e.g. GeneratorActor.generate
+    stage = f"round {where['round']} {where['stage']}" if "stage" in where else "start-up"
+    return RunFailedError(f"{stage} failed{f' in {role}' if role else ''}: {type(cause).__name__}: {text}\n"
+                          f"  traceback: {logs / 'driver-traceback.log'}; each role's output: {logs}/ "
+                          "(--verbose prints it all here); `sppo-ray resume` continues from the last finished stage")
 
 
 def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:

@@ -20,7 +20,7 @@ from sppo_ray.contracts import PolicyWeights
 from sppo_ray.generation.stage import build_generator_actors, push_weights
 from sppo_ray.judging.stage import build_judge_actors
 from sppo_ray.orchestration.colocation import Colocation, Residency
-from sppo_ray.orchestration.verbosity import configure_driver_output
+from sppo_ray.orchestration.verbosity import configure_driver_output, verbose
 
 __all__ = ["Session", "init_ray", "object_store_weights"]
 
@@ -34,13 +34,15 @@ def init_ray(config: RunConfig) -> bool:
     configure_driver_output()
     if ray.is_initialized():
         return False
+    # the roles write their output to RUN_DIR/logs (runtime.log_role_output); --verbose forwards it here as well
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=verbose())
         return False
     r = config.resources
     need = r.generators * r.generator_cpus + r.judges * r.judge_cpus + r.train_workers * r.train_cpus_per_worker
     num_cpus = r.local_num_cpus or max(os.cpu_count() or 1, int(need + 1.999))
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)  # never a `ray start` cluster found here
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,  # never a `ray start` cluster found here
+             log_to_driver=verbose())
     return True
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from sppo_ray.runtime import VERBOSE_ENV, engine_log_env, verbose
+from sppo_ray.runtime import VERBOSE_ENV, verbose
 
-__all__ = ["VERBOSE_ENV", "configure_driver_output", "engine_log_env", "verbose"]
+__all__ = ["VERBOSE_ENV", "configure_driver_output", "verbose"]
 
 
 def configure_driver_output(on_terminal: bool | None = None) -> None:

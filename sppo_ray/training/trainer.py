@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import ray
 
 from sppo_ray.config import ResourcesConfig, TrainingConfig
+from sppo_ray.runtime import role_env
 from sppo_ray.training.live import read_steps
 from sppo_ray.training.worker import export_is_finished, train_loop_per_worker
 
@@ -172,7 +173,7 @@ def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, se
             "model_path": str(model_path),
             "training": cfg.model_dump(mode="json"),
             "cpus_per_worker": res.train_cpus_per_worker,
-            "env": dict(worker_env or {}),
+            "env": {**role_env(), **(worker_env or {})},  # with the run's log dir: each rank logs to its file
             "export_dir": export,
             "fit_key": key,
             "run_name": run_name,

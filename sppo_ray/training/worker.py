@@ -485,6 +485,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     os.environ.update(config.get("env", {}))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    from sppo_ray.runtime import log_role_output
+
+    log_role_output(f"train-{rank}")  # DeepSpeed's and Ray Train's output into the run's logs/
     point, resume_from = _restart_point(config["export_dir"], config["fit_key"])
     if point == "export":  # the fit's result is the export; the driver loads it into the generators
         if rank == 0:

@@ -56,6 +56,19 @@ def test_progress_lines_and_status_of_the_finished_run(tiny_run, cli_env):
     assert "finished, rounds finished 2/2" in text and "last round 1:" in text
 
 
+def test_roles_write_their_output_to_the_run_logs_not_the_terminal(tiny_run):
+    logs = tiny_run["dir"] / "logs"
+    assert {"generator-0.log", "judge-0.log", "train-0.log", "train-1.log"} <= {p.name for p in logs.glob("*.log")}
+    train = (logs / "train-0.log").read_text()
+    assert train.startswith("=== train-0: pid ") and train.count("=== train-0: pid ") == 2  # one fit a round
+    assert (logs / "generator-0.log").read_text().startswith("=== generator-0: pid ")
+    out = tiny_run["stdout"] + tiny_run["stderr"]
+    # Ray prefixes a worker's forwarded lines with "(ActorName pid=N)": none reach the driver's terminal now
+    forwarded = [line for line in out.splitlines() if re.match(r"\s*\(\w+ pid=\d+", line)]
+    assert not forwarded, forwarded[:10]
+    assert "Reporting training result" not in out and "deepspeed" not in out.lower()
+
+
 def test_tensorboard_holds_steps_rounds_eval_and_plots(tiny_run):
     from sppo_ray.orchestration.tracking import tensorboard_scalars
 

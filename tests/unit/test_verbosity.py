@@ -33,3 +33,43 @@ def test_ray_data_progress_bars_only_on_a_terminal(monkeypatch):
     monkeypatch.setenv(VERBOSE_ENV, "1")
     configure_driver_output(on_terminal=False)
     assert ctx.enable_progress_bars and ctx.print_on_execution_start
+
+
+def _role_process(tmp_path, verbose: bool):
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; from sppo_ray.runtime import log_role_output; "
+            "print(log_role_output('generator-0')); print('from vLLM'); "
+            "logging.basicConfig(); logging.getLogger('deepspeed').warning('from DeepSpeed'); "
+            "sys.stderr.write('to stderr\\n')")
+    env = {"PATH": "/usr/bin:/bin", "SPPO_RAY_LOG_DIR": str(tmp_path / "logs"),
+           **({VERBOSE_ENV: "1"} if verbose else {})}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_roles_output_goes_to_its_log_in_the_run_dir_unless_verbose(tmp_path):
+    proc = _role_process(tmp_path, verbose=False)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""  # nothing reaches Ray's log files
+    log = (tmp_path / "logs" / "generator-0.log").read_text()
+    assert log.startswith("=== generator-0: pid ") and str(tmp_path / "logs" / "generator-0.log") in log
+    assert "from vLLM" in log and "from DeepSpeed" in log and "to stderr" in log
+    loud = _role_process(tmp_path / "verbose", verbose=True)
+    assert loud.stdout.splitlines() == ["None", "from vLLM"] and "from DeepSpeed" in loud.stderr
+    assert not (tmp_path / "verbose" / "logs").exists()
+
+
+def test_a_failed_stage_is_one_line_naming_it_with_the_traceback_in_the_run_dir(tmp_path):
+    import ray.exceptions
+
+    from sppo_ray.orchestration.driver import _failed
+    from sppo_ray.orchestration.rundir import RunDir
+
+    cause = ValueError("the engine ran out of KV cache blocks\nmore detail")
+    err = ray.exceptions.RayTaskError("GeneratorActor.generate", "Traceback (most recent call last): ...", cause)
+    failed = _failed(err, RunDir(str(tmp_path)), {"round": 1, "stage": "generate"})
+    first, second = str(failed).splitlines()
+    assert first == ("round 1 generate failed in GeneratorActor.generate: ValueError: the engine ran out of KV "
+                     "cache blocks")
+    assert f"traceback: {tmp_path / 'logs' / 'driver-traceback.log'}" in second and "sppo-ray resume" in second
+    assert "the engine ran out of KV cache blocks" in (tmp_path / "logs" / "driver-traceback.log").read_text()
