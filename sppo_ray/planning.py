@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,9 +173,19 @@ def _train_memory(cfg: RunConfig, arch: Architecture, cluster: ClusterSpec) -> d
             "activations_per_micro_batch_without_checkpointing": full / t.micro_batch_size / GIB}
 
 
+def _quiet_deepspeed_import() -> None:
+    """Without a GPU DeepSpeed warns at import that it fell back to the CPU accelerator; the plan needs none (its
+    estimators are arithmetic), so name the CPU accelerator (DeepSpeed's own override) instead of that warning."""
+    import torch
+
+    if "deepspeed" not in sys.modules and not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def model_states_bytes(zero_stage: int, offload: bool, params: int, largest_layer: int, gpus_per_node: int,
                        nodes: int) -> float:
     """GPU bytes of weights, gradients and optimiser states per GPU, from DeepSpeed's own estimator functions."""
+    _quiet_deepspeed_import()
     if zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
