@@ -12,6 +12,7 @@ demo: setup
 	.venv/bin/sppo-ray report runs/tiny-cpu
 
 test: setup
+	@bash scripts/test-tools.sh
 	$(PY) -m pytest tests -m "unit or integration or e2e" --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup

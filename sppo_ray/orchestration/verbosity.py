@@ -1,29 +1,29 @@
 """How much the engines and Ray Data print: quiet by default, everything with ``--verbose``.
 
 A run's terminal should show the round blocks and the summary. By default vLLM logs warnings only (its INFO lines
-are a few dozen per engine start and reload), Ray Data shows progress bars only on a terminal (in a log file every
-redraw becomes a line) and does not print each execution plan. ``sppo-ray ... --verbose`` (or
-``SPPO_RAY_VERBOSE=1``) brings all of it back.
+are a few dozen per engine start and reload), Ray Data shows no progress bars (the run's own progress line does)
+and does not print each execution plan. ``sppo-ray ... --verbose`` (or ``SPPO_RAY_VERBOSE=1``) brings all of it
+back.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 from sppo_ray.runtime import VERBOSE_ENV, verbose
 
 __all__ = ["VERBOSE_ENV", "configure_driver_output", "verbose"]
 
 
-def configure_driver_output(on_terminal: bool | None = None) -> None:
-    """Ray Data's progress bars and logs for this driver (call before the first dataset runs)."""
+def configure_driver_output() -> None:
+    """Ray Data's progress bars and logs for this driver (call before the first dataset runs): off unless
+    ``--verbose``; the run's own progress line shows each stage (orchestration/progress.py), and Ray Data's bars,
+    redrawn beside it on a terminal, would garble it."""
     from ray.data import DataContext
 
     loud = verbose()
-    bars = loud or (sys.stderr.isatty() if on_terminal is None else on_terminal)
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = bars
-    ctx.enable_operator_progress_bars = bars
+    ctx.enable_progress_bars = loud
+    ctx.enable_operator_progress_bars = loud
     ctx.print_on_execution_start = loud
     logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.WARNING)

@@ -1,9 +1,13 @@
-"""Crash and resume through the real CLI: a generator killed mid-generation, the driver killed mid-judging."""
+"""Crash and resume through the real CLI: a generator killed mid-generation, the driver killed mid-judging, the
+resume watched in a real terminal (tmux)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -45,6 +49,29 @@ def _wait_for_stage(run_dir, key: str, proc: subprocess.Popen, timeout: float = 
     raise AssertionError(f"timed out waiting for {key}")
 
 
+def _in_tmux(command: list[str], env: dict[str, str], root, timeout: float = 1500) -> tuple[int, list[str], str]:
+    """Runs ``command`` in a detached tmux session (its own server, so it gets ``env``); returns its exit code, the
+    screens seen while it ran (polled with capture-pane) and the whole pane's text at the end."""
+    if shutil.which("tmux") is None:
+        raise AssertionError("tmux is needed (make test installs it from the distribution's packages)")
+    server, rc_file = ["tmux", "-L", f"sppo-test-{os.getpid()}"], root / "tmux.rc"
+    shell = f"cd {shlex.quote(str(REPO))} && {shlex.join(command)}; echo $? > {shlex.quote(str(rc_file))}; sleep 600"
+    subprocess.run([*server, "new-session", "-d", "-s", "run", "-x", "150", "-y", "50", shell], env=env, check=True)
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not rc_file.exists() and time.monotonic() < deadline:
+            screen = subprocess.run([*server, "capture-pane", "-p", "-t", "run"], capture_output=True, text=True).stdout
+            if not seen or screen != seen[-1]:
+                seen.append(screen)
+            time.sleep(0.5)
+        screen = subprocess.run([*server, "capture-pane", "-p", "-S", "-2000", "-t", "run"], capture_output=True,
+                                text=True).stdout
+        return (int(rc_file.read_text()) if rc_file.exists() else -1), seen, screen
+    finally:
+        subprocess.run([*server, "kill-server"], capture_output=True)
+
+
 def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_prompts, cli_env, tmp_path):
     """The same job as the submitted run (LLM judge), crashed and resumed, gives the same training sets."""
     run_dir = tmp_path / "run"
@@ -73,7 +100,14 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
     expected = pq.read_table(reference / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
     assert responses == expected and len(responses) == len(set(responses))
 
-    cli("resume", str(run_dir), env=cli_env)
+    # the resume runs in tmux, a real terminal: its progress is one line redrawn in place, read off the screen
+    rc, seen, screen = _in_tmux([*CLI, "resume", str(run_dir)], cli_env, tmp_path)
+    assert rc == 0, screen[-3000:]
+    assert any(re.search(r"round 1 train: \d+/\d+ steps \(\d+%\)", s) for s in seen), seen[-3:]
+    assert any(re.search(r"round 1 judge: \d+/\d+ prompts", s) for s in seen), seen[-3:]
+    for stage in ("judge", "train"):  # redrawn in place: one line a stage on the final screen, ended at 100%
+        lines = [line for line in screen.splitlines() if f"round 1 {stage}:" in line]
+        assert len(lines) == 1 and "(100%) in " in lines[0], lines
     resumed = json.loads((run_dir / "manifest.json").read_text())
     for key in ("round_0/generate", "round_0/train", "round_1/generate"):  # finished before the crash: not redone
         assert resumed["stages"][key] == manifest["stages"][key], key

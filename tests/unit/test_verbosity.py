@@ -21,17 +21,15 @@ def test_engines_log_warnings_only_unless_verbose(monkeypatch):
     assert generator_options(ResourcesConfig(actor_threads=2))["runtime_env"]["env_vars"]["VLLM_LOGGING_LEVEL"] == "INFO"
 
 
-def test_ray_data_progress_bars_only_on_a_terminal(monkeypatch):
+def test_ray_data_progress_bars_only_when_verbose(monkeypatch):
     from ray.data import DataContext
 
     monkeypatch.delenv(VERBOSE_ENV, raising=False)
     ctx = DataContext.get_current()
-    configure_driver_output(on_terminal=False)
+    configure_driver_output()
     assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
-    configure_driver_output(on_terminal=True)
-    assert ctx.enable_progress_bars and not ctx.print_on_execution_start
     monkeypatch.setenv(VERBOSE_ENV, "1")
-    configure_driver_output(on_terminal=False)
+    configure_driver_output()
     assert ctx.enable_progress_bars and ctx.print_on_execution_start
 
 
