@@ -58,8 +58,10 @@ def write_config(path: Path, run_dir: Path, prompts: Path, **changes) -> Path:
 
 
 def llm_judge_config(path: Path, run_dir: Path, prompts: Path) -> Path:
-    """The shared job with the LLM judge (its stage lasts long enough to crash a driver in) and no final eval."""
-    return write_config(path, run_dir, prompts, judge=LLM_JUDGE, eval_at_end=False)
+    """The shared job with the LLM judge and no final eval, generating in batches and chunks of 2 prompts (so that
+    a driver can be killed between two chunks: test_resume.py)."""
+    generation = {**TINY["generation"], "batch_size": 2, "chunk_prompts": 2}
+    return write_config(path, run_dir, prompts, judge=LLM_JUDGE, eval_at_end=False, generation=generation)
 
 
 GRAFANA = REPO / "cluster" / "grafana" / "sppo-ray.json"

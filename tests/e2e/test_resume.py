@@ -33,19 +33,23 @@ def _kill_generator_once(stop: threading.Event, killed: list[int]) -> None:
         time.sleep(0.2)
 
 
-def _wait_for_stage(run_dir, key: str, proc: subprocess.Popen, timeout: float = 1500) -> None:
+def _wait_for_chunk(run_dir, key: str, proc: subprocess.Popen, timeout: float = 1500) -> None:
+    """Until the stage ``key`` has recorded a chunk of its rows (and has not finished)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         manifest = run_dir / "manifest.json"
         if manifest.is_file():
             try:
-                if key in json.loads(manifest.read_text())["stages"]:
-                    return
+                m = json.loads(manifest.read_text())
             except json.JSONDecodeError:
-                pass
+                m = {}
+            if key in m.get("stages", {}):
+                raise AssertionError(f"{key} finished before a chunk of it was seen")
+            if m.get("chunks", {}).get(key, {}).get("files"):
+                return
         if proc.poll() is not None:
             raise AssertionError(f"run ended before {key}: {(run_dir.parent / 'crashed-run.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {key}")
 
 
@@ -73,7 +77,9 @@ def _in_tmux(command: list[str], env: dict[str, str], root, timeout: float = 150
 
 
 def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_prompts, cli_env, tmp_path):
-    """The same job as the submitted run (LLM judge), crashed and resumed, gives the same training sets."""
+    """The same job as the submitted run (LLM judge): a generator killed mid-generation, then the driver SIGKILLed
+    between two chunks of round 1's generation; the resume generates only the prompts no chunk holds and the
+    training sets equal the uninterrupted run's."""
     run_dir = tmp_path / "run"
     config = llm_judge_config(tmp_path / "crash.yaml", run_dir, bad_prompts)
     reference = submitted_run["dir"]
@@ -83,8 +89,7 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
     killer = threading.Thread(target=_kill_generator_once, args=(stop, killed))
     killer.start()
     try:
-        _wait_for_stage(run_dir, "round_1/generate", proc)  # round 2's judging (~10 s here) starts right after
-        time.sleep(1.0)
+        _wait_for_chunk(run_dir, "round_1/generate", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -94,7 +99,9 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
             proc.kill()
     assert killed, "no generator was killed during generation"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert "round_1/generate" in manifest["stages"] and "round_1/judge" not in manifest["stages"]
+    assert "round_0/train" in manifest["stages"] and "round_1/generate" not in manifest["stages"]
+    chunked = sum(c["rows"] for c in manifest["chunks"]["round_1/generate"]["files"])
+    assert 2 <= chunked < 8
     # every usable prompt exactly once despite the killed generator (the same ones as the uninterrupted run)
     responses = pq.read_table(run_dir / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
     expected = pq.read_table(reference / "round_0" / "responses.parquet").column("prompt_id").to_pylist()
@@ -105,18 +112,21 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
     assert rc == 0, screen[-3000:]
     assert any(re.search(r"round 1 train: \d+/\d+ steps \(\d+%\)", s) for s in seen), seen[-3:]
     assert any(re.search(r"round 1 judge: \d+/\d+ prompts", s) for s in seen), seen[-3:]
-    for stage in ("judge", "train"):  # redrawn in place: one line a stage on the final screen, ended at 100%
+    for stage in ("generate", "judge", "train"):  # redrawn in place: one line a stage on the screen, ended at 100%
         lines = [line for line in screen.splitlines() if f"round 1 {stage}:" in line]
         assert len(lines) == 1 and "(100%) in " in lines[0], lines
     resumed = json.loads((run_dir / "manifest.json").read_text())
-    for key in ("round_0/generate", "round_0/train", "round_1/generate"):  # finished before the crash: not redone
+    for key in ("round_0/generate", "round_0/train"):  # finished before the crash: not redone
         assert resumed["stages"][key] == manifest["stages"][key], key
+    # round 1's generation took its chunks' rows as they were and generated only the other prompts
+    assert resumed["stages"]["round_1/generate"]["from_chunks"] == chunked
+    assert "round_1/generate" not in resumed.get("chunks", {})  # cleared once the stage's file is written
     # a round finished before the crash keeps its summary and is not redone (nor its weights re-broadcast)
     assert resumed["rounds"]["0"] == manifest["rounds"]["0"]
-    # round summaries count a stage skipped on resume with the seconds it took before the crash
-    assert resumed["rounds"]["1"]["seconds"]["generate"] == pytest.approx(manifest["stages"]["round_1/generate"]["seconds"], abs=0.01)
     assert {f"round_{t}/{s}" for t in (0, 1) for s in ("generate", "judge", "dataset", "train")} <= set(resumed["stages"])
     for t in (0, 1):
+        responses = [pq.read_table(d / f"round_{t}" / "responses.parquet") for d in (run_dir, reference)]
+        assert responses[0].equals(responses[1]), t  # byte for byte the uninterrupted run's responses
         ours = pq.read_table(run_dir / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
         theirs = pq.read_table(reference / f"round_{t}" / "train.parquet").select(COMPARED).to_pylist()
         assert len(ours) == len(theirs)
