@@ -136,19 +136,23 @@ def _watching_steps(fit_dir: Path, on_steps: Callable[[dict[str, Any]], None] | 
     if on_steps is None:
         yield
         return
-    stop = threading.Event()
+    stop, seen = threading.Event(), [None]
+
+    def report() -> bool:
+        now = read_steps(fit_dir)
+        if now is None or now == seen[0]:
+            return True
+        seen[0] = now
+        try:
+            on_steps(now)
+            return True
+        except Exception as err:  # noqa: BLE001 - progress must never stop a fit
+            print(f"training: progress stopped ({type(err).__name__}: {err})", flush=True)
+            return False
 
     def watch() -> None:
-        last = None
-        while not stop.wait(every_s):
-            now = read_steps(fit_dir)
-            if now is not None and now != last:
-                last = now
-                try:
-                    on_steps(now)
-                except Exception as err:  # noqa: BLE001 - progress must never stop a fit
-                    print(f"training: progress stopped ({type(err).__name__}: {err})", flush=True)
-                    return
+        while not stop.wait(every_s) and report():
+            pass
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -157,8 +161,7 @@ def _watching_steps(fit_dir: Path, on_steps: Callable[[dict[str, Any]], None] | 
     finally:
         stop.set()
         watcher.join()
-        if (last := read_steps(fit_dir)) is not None:  # the final step, should the fit end between polls
-            on_steps(last)
+        report()  # the final step, should the fit end between two polls
 
 
 def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, export: str, key: str,
