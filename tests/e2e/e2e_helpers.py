@@ -59,9 +59,11 @@ def write_config(path: Path, run_dir: Path, prompts: Path, **changes) -> Path:
 
 def llm_judge_config(path: Path, run_dir: Path, prompts: Path) -> Path:
     """The shared job with the LLM judge and no final eval, generating in batches and chunks of 2 prompts (so that
-    a driver can be killed between two chunks: test_resume.py)."""
+    a driver can be killed between two chunks: test_resume.py), one epoch a round (its tests check the machinery,
+    not learning; training is most of CI's time)."""
     generation = {**TINY["generation"], "batch_size": 2, "chunk_prompts": 2}
-    return write_config(path, run_dir, prompts, judge=LLM_JUDGE, eval_at_end=False, generation=generation)
+    return write_config(path, run_dir, prompts, judge=LLM_JUDGE, eval_at_end=False, generation=generation,
+                        training={**TINY["training"], "epochs": 1})
 
 
 GRAFANA = REPO / "cluster" / "grafana" / "sppo-ray.json"
