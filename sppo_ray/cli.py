@@ -117,7 +117,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="jobs/tiny-llm-judge.yaml")
     _add_overrides(p)
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")
-    p.add_argument("--tiny", action="store_true", help="smallest sizes (what CI runs)")
+    p.add_argument("--tiny", action="store_true",
+                   help="smallest sizes, with a tiny random model of the policy's architecture (what CI runs)")
     return parser
     _add_verbose(p)
 

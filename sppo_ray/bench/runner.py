@@ -27,8 +27,12 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
     from sppo_ray.orchestration.preflight import plan_run
     from sppo_ray.orchestration.session import init_ray
 
-    if tiny:
-        overrides = ["generation.max_new_tokens=16", "generation.k=2", *overrides]
+    if tiny:  # the benchmarks' machinery at the smallest sizes: a tiny random model of the policy's architecture
+        from sppo_ray.tiny_models import tiny_policy
+
+        model = tiny_policy(load_config(config_path, overrides).models.policy, out / "tiny_models" / "policy")
+        overrides = ["generation.max_new_tokens=16", "generation.k=2", f"models.policy={model}",
+                     f"models.judge={model}", *overrides]
     config = load_config(config_path, overrides)
     plan = plan_run(config)
     init_ray(config)
