@@ -20,7 +20,7 @@ def demo_run(cli_env, tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("demo") / "run"
     proc = cli("run", str(REPO / "jobs" / "tiny-cpu.yaml"), "--set", f"run_dir={run_dir}", env=cli_env)
     following = json.loads((run_dir / "eval" / "instruction_following.json").read_text())
-    return {"dir": run_dir, "stdout": proc.stdout, "following": following}
+    return {"dir": run_dir, "stdout": proc.stdout, "stderr": proc.stderr, "following": following}
 
 
 def test_rounds_raise_held_out_instruction_following(demo_run):
@@ -56,7 +56,11 @@ def test_summary_and_report_show_instruction_following(demo_run, cli_env):
     assert "held-out instruction following (100 prompts" in out
     for m in MODELS:
         assert f"  {m}   greedy" in out and f"  {m}   sampled" in out
-    cli("report", str(demo_run["dir"]), env=cli_env)
+    report = cli("report", str(demo_run["dir"]), env=cli_env)
+    # what `make demo` prints after its set-up, in a pipe: the run's and the report's lines, ours only
+    printed = (out + demo_run["stderr"] + report.stdout + report.stderr).splitlines()
+    print(f"make demo would print {len(printed)} lines after the set-up")
+    assert len(printed) <= 80, "\n".join(printed)
     png = demo_run["dir"] / "report" / "instruction_following.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "(instruction_following.png)" in (demo_run["dir"] / "report" / "report.md").read_text()
