@@ -250,14 +250,17 @@ def memory_keys_named(t: dict[str, Any]):
 
 
 def _maybe_inject_failure(point: str, rank: int) -> None:
-    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) once before optimiser step N+1, or
-    =export right after the export (a marker file makes it one-shot)."""
+    """Test hook: SPPO_RAY_FAIL_AT_STEP=N kills rank 1 (SPPO_RAY_FAIL_RANK) before optimiser step N+1, =export
+    right after the export, or a comma-separated list of such points; each once (the marker file records them)."""
     at = os.environ.get("SPPO_RAY_FAIL_AT_STEP")
     marker = os.environ.get("SPPO_RAY_FAIL_MARKER")
-    if at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and point == at:
-        if not os.path.exists(marker):
-            Path(marker).write_text(f"killed rank {rank} at {'step ' if point.isdigit() else ''}{point}\n")
-            os._exit(1)
+    if not (at and marker and rank == int(os.environ.get("SPPO_RAY_FAIL_RANK", "1")) and point in at.split(",")):
+        return
+    line = f"killed rank {rank} at {'step ' if point.isdigit() else ''}{point}"
+    if line not in (Path(marker).read_text().splitlines() if os.path.exists(marker) else []):
+        with open(marker, "a") as f:
+            f.write(line + "\n")
+        os._exit(1)
 
 
 def _save_checkpoint(engine, ref, keys, step, rank, metrics, metrics_log) -> None:
