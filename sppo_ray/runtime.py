@@ -12,11 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "log_role_output", "role_env", "verbose", "where_am_i"]
+__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "log_role_output", "role_env", "set_role_log_dir", "verbose", "where_am_i"]
 
 VERBOSE_ENV = "SPPO_RAY_VERBOSE"
-# Set by the driver to RUN_DIR/logs: where each role's process writes its output (see log_role_output).
+# In a role's environment: RUN_DIR/logs, where the role's process writes its output (see log_role_output).
 LOG_DIR_ENV = "SPPO_RAY_LOG_DIR"
+# The driver's run log dir, handed to the roles it starts through role_env() (never its own environment: the
+# driver's own output stays on its terminal).
+_role_log_dir: str | None = None
+
+
+def set_role_log_dir(path: str | None) -> None:
+    """The driver names RUN_DIR/logs for the roles it starts from now on."""
+    global _role_log_dir
+    _role_log_dir = path
 
 
 def verbose() -> bool:
@@ -27,9 +36,10 @@ def verbose() -> bool:
 def role_env() -> dict[str, str]:
     """Environment a role's process gets from the driver: vLLM's log level, ``--verbose``, the run's log dir."""
     env = {"VLLM_LOGGING_LEVEL": "INFO" if verbose() else "WARNING"}
-    for key in (VERBOSE_ENV, LOG_DIR_ENV):
-        if os.environ.get(key):
-            env[key] = os.environ[key]
+    if verbose():
+        env[VERBOSE_ENV] = "1"
+    if _role_log_dir:
+        env[LOG_DIR_ENV] = _role_log_dir
     return env
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +33,7 @@ from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
 from sppo_ray.orchestration.tracking import Tracker, build_tracker, round_metrics, train_step_metrics
-from sppo_ray.runtime import LOG_DIR_ENV, verbose
+from sppo_ray.runtime import set_role_log_dir, verbose
 from sppo_ray.training.trainer import run_training
 
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
@@ -83,7 +82,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     rd.write_config(config.to_dict())
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
-    os.environ[LOG_DIR_ENV] = rd.local_path("logs")  # each role's process writes its output there
+    set_role_log_dir(rd.local_path("logs"))  # each role's process writes its output there
     started_local = init_ray(config)
     check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
     check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role quietly falls back to CPU

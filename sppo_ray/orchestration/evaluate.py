@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from sppo_ray.instructions import evaluate_answers
 from sppo_ray.judging.scoring import judge_rows, prompt_text
 from sppo_ray.judging.stage import ReplicatedJudge
 from sppo_ray.judging.tables import debiased_table
-from sppo_ray.runtime import LOG_DIR_ENV
+from sppo_ray.runtime import set_role_log_dir
 
 __all__ = ["evaluate_run", "evaluate_session", "instruction_following", "win_rate_matrix"]
 
@@ -214,7 +213,7 @@ def evaluate_run(run_dir: str, *, models: list[str] | None, best_of: int, n_prom
     chosen = None
     if models:
         chosen = [(Path(m).name if Path(m).exists() else m, str(resolve_model(m))) for m in models]
-    os.environ[LOG_DIR_ENV] = rd.local_path("logs")  # the roles' output, as in the run
+    set_role_log_dir(rd.local_path("logs"))  # the roles' output, as in the run
     init_ray(config)
     session = Session.start(config, plan.policy_path, plan.judge_path)
     try:

@@ -71,3 +71,18 @@ def test_a_failed_stage_is_one_line_naming_it_with_the_traceback_in_the_run_dir(
                      "cache blocks")
     assert f"traceback: {tmp_path / 'logs' / 'driver-traceback.log'}" in second and "sppo-ray resume" in second
     assert "the engine ran out of KV cache blocks" in (tmp_path / "logs" / "driver-traceback.log").read_text()
+
+
+def test_the_driver_hands_its_log_dir_to_the_roles_it_starts_not_to_itself(monkeypatch, tmp_path):
+    import os
+
+    from sppo_ray.runtime import LOG_DIR_ENV, log_role_output, role_env, set_role_log_dir
+
+    monkeypatch.delenv(LOG_DIR_ENV, raising=False)
+    set_role_log_dir(str(tmp_path / "logs"))
+    try:
+        assert role_env()[LOG_DIR_ENV] == str(tmp_path / "logs")
+        assert LOG_DIR_ENV not in os.environ and log_role_output("judge-0") is None  # the driver keeps its output
+    finally:
+        set_role_log_dir(None)
+    assert LOG_DIR_ENV not in role_env()
