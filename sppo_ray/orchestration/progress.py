@@ -17,7 +17,7 @@ from typing import IO, Any, Callable
 
 from sppo_ray.orchestration.rundir import RunDir
 
-__all__ = ["PROGRESS", "Progress", "format_seconds", "progress_line", "run_status", "status_text"]
+__all__ = ["PROGRESS", "Progress", "format_seconds", "progress_bar", "progress_line", "run_status", "status_text"]
 
 PROGRESS = "progress.json"
 HEARTBEAT_S = 30.0
@@ -46,6 +46,12 @@ def progress_line(p: dict[str, Any]) -> str:
         rate = f"{p['rate']:.1f} {unit}/s" if p["rate"] >= 1 else f"{1 / p['rate']:.1f} s per {unit.rstrip('s')}"
         line += f", {rate}, ETA {format_seconds(p.get('eta_s'))}"
     return line + note
+
+
+def progress_bar(frac: float, width: int = 24) -> str:
+    """``[#########...............]``: ``frac`` of ``width`` cells filled."""
+    filled = max(0, min(width, int(frac * width)))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
 class Progress:
@@ -139,9 +145,9 @@ class Progress:
         if snap.get("total") is None:
             return
         frac = snap["done"] / snap["total"] if snap["total"] else 1.0
-        if self.tty:
-            end = "\n" if snap.get("finished") else ""
-            self.out.write("\r\033[K" + progress_line(snap) + end)
+        if self.tty:  # redrawn in place, with a bar while the stage runs
+            line = progress_line(snap) + ("\n" if snap.get("finished") else "  " + progress_bar(frac))
+            self.out.write("\r\033[K" + line)
         elif force or (frac - self._printed_frac >= 0.1 and now - self._printed_at >= 30.0):
             self.out.write(progress_line(snap) + "\n")
         else:

@@ -71,7 +71,8 @@ def test_a_terminal_gets_one_line_redrawn(tmp_path):
     p.end()
     text = out.getvalue()
     assert text.count("\r") == 4 and text.count("\n") == 1  # start, 6/10, 10/10, end: one line, ended once
-    assert "6/10 prompts (60%), 1.0 prompts/s, ETA 4s" in text and text.endswith("10/10 prompts (100%) in 4s\n")
+    assert "6/10 prompts (60%), 1.0 prompts/s, ETA 4s  [##############..........]" in text
+    assert text.endswith("10/10 prompts (100%) in 4s\n")  # the finished line keeps no bar
 
 
 def test_status_of_a_running_a_stopped_and_a_finished_run(tmp_path, capsys):
