@@ -68,11 +68,12 @@ def test_nodes_lost_mid_generation_and_mid_training_lose_nothing(multinode, mult
         multinode.remove_node(multinode.worker(lost_in_fit), graceful=False)
         multinode.add_node(0, CPUS)
         _wait(lambda: "round_0/train" in _stages(run_dir), proc, log, every=0.5)
+        # where the generator runs now (the driver is killed below, before it would rewrite placement.json)
+        now = _wait(lambda: _alive(multinode, "GeneratorActor", 1), proc, log)[0]["node_id"]
     finally:  # round 0 is what the test compares: the driver is not needed beyond it
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    now = json.loads(placement.read_text())["generators"][0]["node_id"]
     assert now != lost  # the generator was restarted on a surviving or the replacement node
     generated = manifest["stages"]["round_0/generate"]
     usable = generated["prompts"] - generated["rejected"]  # the prompt set has an over-long prompt and bad rows
