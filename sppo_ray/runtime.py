@@ -62,7 +62,8 @@ def log_role_output(name: str) -> str | None:
     os.dup2(fd, 2)
     os.close(fd)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    print(f"=== {name}: pid {os.getpid()} on {socket.gethostname()}, {stamp}", flush=True)
+    # straight to the file, not through print (Ray Train patches print in its workers to log each line twice)
+    os.write(1, f"=== {name}: pid {os.getpid()} on {socket.gethostname()}, {stamp}\n".encode())
     return str(path)
 
 
