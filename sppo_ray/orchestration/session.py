@@ -46,17 +46,28 @@ def init_ray(config: RunConfig) -> bool:
     return True
 
 
-def _restart(actors: list[Any], attempts: int = 120) -> None:
+def _restart(actors: list[Any]) -> None:
     """Kill actors so that Ray restarts them (their ``max_restarts``), and wait until each is up again."""
     for actor in actors:
         ray.kill(actor, no_restart=False)
+    _ready(actors, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+
+def _ready(actors: list[Any], retry_on: tuple[type, ...] = (ray.exceptions.ActorUnavailableError,),
+           attempts: int = 120) -> list[dict[str, Any]]:
+    """Each actor's ``ready()``, waiting (5 s apart) while Ray restarts one that died (its process, its node);
+    one that died for good raises at once."""
+    out = []
     for actor in actors:
-        for _ in range(attempts):
+        for attempt in range(attempts):
             try:
-                ray.get(actor.ready.remote())
+                out.append(ray.get(actor.ready.remote()))
                 break
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            except retry_on:
+                if attempt == attempts - 1:
+                    raise
                 time.sleep(5)
+    return out
 
 
 def object_store_weights(model_dir: Path, version: int) -> PolicyWeights:
@@ -121,7 +132,7 @@ class Session:
         """
         started = time.perf_counter()
         self.enter("broadcast")
-        held = [r["version"] for r in ray.get([a.ready.remote() for a in self.generator_actors])]
+        held = [r["version"] for r in _ready(self.generator_actors)]  # a restarted one holds π_0: it is loaded
         if all(v == weights.version for v in held):
             via = "trainer"
         else:

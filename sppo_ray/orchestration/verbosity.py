@@ -9,6 +9,7 @@ back.
 from __future__ import annotations
 
 import logging
+import warnings
 
 from sppo_ray.runtime import VERBOSE_ENV, verbose
 
@@ -26,4 +27,10 @@ def configure_driver_output() -> None:
     ctx.enable_progress_bars = loud
     ctx.enable_operator_progress_bars = loud
     ctx.print_on_execution_start = loud
-    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.WARNING)
+    data_log = logging.getLogger("ray.data")
+    data_log.setLevel(logging.DEBUG if loud else logging.INFO)  # its session log file keeps what it has to say
+    for handler in data_log.handlers:  # the terminal only its errors ("progress bars disabled", and the like)
+        if "File" not in type(handler).__name__:  # not Ray Data's SessionFileHandler
+            handler.setLevel(logging.INFO if loud else logging.ERROR)
+    if not loud:  # its tuning hints ("the operator can launch at most 1 task") are for its own users
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data")

@@ -28,6 +28,10 @@ def test_ray_data_progress_bars_only_when_verbose(monkeypatch):
     ctx = DataContext.get_current()
     configure_driver_output()
     assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
+    import logging
+
+    consoles = [h for h in logging.getLogger("ray.data").handlers if "File" not in type(h).__name__]
+    assert consoles and all(h.level == logging.ERROR for h in consoles)  # its warnings stay off the terminal
     monkeypatch.setenv(VERBOSE_ENV, "1")
     configure_driver_output()
     assert ctx.enable_progress_bars and ctx.print_on_execution_start
