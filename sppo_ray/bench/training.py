@@ -34,8 +34,8 @@ def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: li
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sppo_ray.training.batching import sequence_logps
-    from sppo_ray.training.worker import (_collate, _micro_batches, _reference_logps, _rows_from, deepspeed_config,
-                                          optimizer_step)
+    from sppo_ray.training.worker import (_collate, _micro_batches, _reference_logps, _rows_from,
+                                          cpu_collectives_through_torch, deepspeed_config, optimizer_step)
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": "0"})
@@ -52,6 +52,7 @@ def _bare_worker(rank: int, world: int, port: int, model_path: str, rows_raw: li
         ref = torch.zeros(len(rows), 2)
     opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
     optimizer = opt_cls(model.parameters(), lr=t["lr"])
+    cpu_collectives_through_torch()  # as the Ray Train workers do
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(t, world))
     if not second_reference:
         ref, _ = _reference_logps(engine, rows, batches, t, pad)

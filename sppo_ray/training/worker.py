@@ -27,9 +27,9 @@ import torch
 from sppo_ray.training.batching import PairBatch, collate_pairs, row_token_ids, sequence_logps
 from sppo_ray.training.losses import LOSSES, sppo_targets
 
-__all__ = ["FIT_KEY_FILE", "check_attn_implementation", "deepspeed_config", "disable_dropout", "epoch_batches",
-           "export_is_finished", "match_reference", "memory_keys_named", "optimizer_step", "reference_batches",
-           "train_loop_per_worker"]
+__all__ = ["FIT_KEY_FILE", "check_attn_implementation", "cpu_collectives_through_torch", "deepspeed_config",
+           "disable_dropout", "epoch_batches", "export_is_finished", "match_reference", "memory_keys_named",
+           "optimizer_step", "reference_batches", "train_loop_per_worker"]
 
 _TAG = "sppo"  # not "latest": DeepSpeed writes a file of that name beside the tag directory
 # In an export directory: the key of the fit (its training set, start model and settings) that wrote it.
@@ -444,8 +444,22 @@ def _setup_batches(rows, t: dict[str, Any], world: int) -> tuple[list[list[int]]
     return epoch_batches(len(rows), t["micro_batch_size"], n, t["seed"], 0), accumulation, steps_per_epoch
 
 
+def cpu_collectives_through_torch() -> None:
+    """On CPU, DeepSpeed's first ``initialize`` in a process JIT-compiles its shared-memory allreduce
+    (``deepspeed_shm_comm``, ~30 s of a C++ compiler on 2 cores, redone whenever the compile command differs from
+    the cached build's: measured several times in one CI run). Marking it incompatible in DeepSpeed's op table
+    makes DeepSpeed keep torch.distributed's gloo collectives, which serve the CPU path's small fits (no effect
+    on GPUs, whose accelerator has no such op)."""
+    import deepspeed.ops
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _setup_engine(model, t: dict[str, Any], ds_config: dict[str, Any], total_steps: int):
     import deepspeed
+
+    cpu_collectives_through_torch()
 
     opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
     optimizer = opt_cls(model.parameters(), lr=t["lr"])

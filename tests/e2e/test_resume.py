@@ -113,8 +113,9 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
     assert any(re.search(r"round 1 train: \d+/\d+ steps \(\d+%\)", s) for s in seen), seen[-3:]
     assert any(re.search(r"round 1 judge: \d+/\d+ prompts", s) for s in seen), seen[-3:]
     for stage in ("generate", "judge", "train"):  # redrawn in place: one line a stage on the screen, ended at 100%
-        lines = [line for line in screen.splitlines() if f"round 1 {stage}:" in line]
+        lines = [line for line in screen.splitlines() if re.match(rf"round 1 {stage}: \d+/\d+ ", line)]
         assert len(lines) == 1 and "(100%) in " in lines[0], lines
+    assert f"round 1 generate: {chunked} of 8 prompts from the interrupted execution's chunks" in screen
     resumed = json.loads((run_dir / "manifest.json").read_text())
     for key in ("round_0/generate", "round_0/train"):  # finished before the crash: not redone
         assert resumed["stages"][key] == manifest["stages"][key], key
