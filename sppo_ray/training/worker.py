@@ -459,8 +459,6 @@ def cpu_collectives_through_torch() -> None:
 def _setup_engine(model, t: dict[str, Any], ds_config: dict[str, Any], total_steps: int):
     import deepspeed
 
-    cpu_collectives_through_torch()
-
     opt_cls = torch.optim.RMSprop if t["optimizer"] == "rmsprop" else torch.optim.AdamW
     optimizer = opt_cls(model.parameters(), lr=t["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(t, total_steps))
@@ -512,6 +510,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    cpu_collectives_through_torch()  # before anything of DeepSpeed's (ZeRO-3 loading starts its backend)
     timer = _PhaseTimer()
     ds_config = deepspeed_config(t, world)
     tokenizer, model, _keep_alive = _setup_model(config, ds_config)
