@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sppo_ray.config import load_config
+from sppo_ray.runtime import set_role_log_dir
 
 __all__ = ["run_benchmarks"]
 
@@ -27,13 +28,14 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
     from sppo_ray.orchestration.preflight import plan_run
     from sppo_ray.orchestration.session import init_ray
 
-    if tiny:  # the benchmarks' machinery at the smallest sizes: a tiny random model of the policy's architecture
-        from sppo_ray.tiny_models import tiny_policy
+    if tiny:  # the benchmarks' machinery at the smallest sizes, on tiny random models of the config's architectures
+        from sppo_ray.orchestration.rehearse import tiny_models
 
-        model = tiny_policy(load_config(config_path, overrides).models.policy, out / "tiny_models" / "policy")
-        overrides = ["generation.max_new_tokens=16", "generation.k=2", f"models.policy={model}",
-                     f"models.judge={model}", *overrides]
+        policy, judge = tiny_models(load_config(config_path, overrides), out / "tiny_models")
+        overrides = ["generation.max_new_tokens=16", "generation.k=2", f"models.policy={policy}",
+                     *([f"models.judge={judge}"] if judge else []), *overrides]
     config = load_config(config_path, overrides)
+    set_role_log_dir(str((out / "logs").resolve()))  # the roles' output, as in a run
     plan = plan_run(config)
     init_ray(config)
     out.mkdir(parents=True, exist_ok=True)

@@ -83,10 +83,17 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
     set_role_log_dir(rd.local_path("logs"))  # each role's process writes its output there
-    started_local = init_ray(config)
-    check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
-    check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role quietly falls back to CPU
-    session = Session.start(config, plan.policy_path, plan.judge_path)
+    try:
+        started_local = init_ray(config)
+        check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
+        check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role falls back to CPU
+        session = Session.start(config, plan.policy_path, plan.judge_path)
+    except UserError:
+        raise
+    except Exception as err:  # an engine or judge that cannot start: one line, the traceback and logs in the run
+        if verbose():
+            raise
+        raise _failed(err, rd, {}) from None
     _write_placement(rd, session)  # where each role starts (again at the end: restarted actors may have moved)
     if started_local:  # after the actors start, so their node's agents are up and recorded too
         record_local_cluster(rd)
@@ -117,6 +124,7 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
             raise
         raise _failed(err, rd, progress.state) from None
     finally:
+        set_role_log_dir(None)
         progress.close(outcome)
         tracker.close()
         _write_placement(rd, session)

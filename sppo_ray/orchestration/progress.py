@@ -9,6 +9,7 @@ every ``heartbeat_s`` (a driver that stops writing it has stopped).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -62,6 +63,8 @@ class Progress:
                  on_update: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.rd, self.out, self.clock, self.on_update = rd, out or sys.stdout, clock, on_update
         self.tty = self.out.isatty() if tty is None else tty
+        # a redrawn line must fit the terminal's width: a wrapped one is not cleared by the next redraw
+        self.columns = shutil.get_terminal_size().columns if self.tty and self.out.isatty() else None
         self.state: dict[str, Any] = {"driver": {"pid": os.getpid(), "host": socket.gethostname()}}
         self._printed_at, self._printed_frac, self._lock = 0.0, 0.0, threading.Lock()
         self._written_at = float("-inf")
@@ -146,8 +149,10 @@ class Progress:
             return
         frac = snap["done"] / snap["total"] if snap["total"] else 1.0
         if self.tty:  # redrawn in place, with a bar while the stage runs
-            line = progress_line(snap) + ("\n" if snap.get("finished") else "  " + progress_bar(frac))
-            self.out.write("\r\033[K" + line)
+            line = progress_line(snap) + ("" if snap.get("finished") else "  " + progress_bar(frac))
+            if self.columns:
+                line = line[: self.columns - 1]
+            self.out.write("\r\033[K" + line + ("\n" if snap.get("finished") else ""))
         elif force or (frac - self._printed_frac >= 0.1 and now - self._printed_at >= 30.0):
             self.out.write(progress_line(snap) + "\n")
         else:

@@ -94,7 +94,8 @@ def rehearsal_config(config: RunConfig, cluster_gpus: int, real: bool, run_dir: 
     return d
 
 
-def _tiny_models(config: RunConfig, root: Path) -> tuple[Path, Path | None]:
+def tiny_models(config: RunConfig, root: Path) -> tuple[Path, Path | None]:
+    """Tiny random models of the config's policy and judge architectures (None: a judge without a model)."""
     from sppo_ray.tiny_models import tiny_pairrm, tiny_policy
 
     policy = tiny_policy(config.models.policy, root / "policy")
@@ -368,7 +369,7 @@ def _rehearse_on_cluster(config: RunConfig, root: Path) -> dict[str, Any]:
         report["checks"] = [asdict(c) for c in checks]
         return report
     gpus = int(sum(n["ray_gpus"] for n in infos))
-    policy, judge = _tiny_models(config, root / "tiny_models")
+    policy, judge = tiny_models(config, root / "tiny_models")
     data = rehearsal_config(config, gpus, real, root, policy, judge)
     config_file = root / "rehearsal-config.yaml"
     config_file.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -17,7 +17,7 @@ import ray
 
 from sppo_ray.config import ResourcesConfig, TrainingConfig
 from sppo_ray.runtime import role_env
-from sppo_ray.training.live import read_steps
+from sppo_ray.training.live import STEPS_FILE, read_steps
 from sppo_ray.training.worker import export_is_finished, train_loop_per_worker
 
 __all__ = ["TrainResult", "run_training"]
@@ -50,15 +50,17 @@ def _training_dataset(train_parquet: str) -> "ray.data.Dataset":
     return ray.data.read_parquet(train_parquet)
 
 
-def _fit_key(train_parquet: str, model_path: str, cfg: TrainingConfig) -> str:
-    """What the fit is of: the training set's bytes, the start model and the training settings. A fit directory or
-    an export under another key belongs to other inputs (the round was redone) and is not resumed or reused."""
+def _fit_key(train_parquet: str, model_path: str, cfg: TrainingConfig, workers: int = 1) -> str:
+    """What the fit is of: the training set's bytes, the start model, the training settings and the worker count
+    (DeepSpeed's checkpoints are per rank). A fit directory or an export under another key belongs to other inputs
+    (the round was redone) and is not resumed or reused."""
     fs, path = pafs.FileSystem.from_uri(train_parquet) if "://" in train_parquet else (pafs.LocalFileSystem(), train_parquet)
     h = hashlib.sha256()
     with fs.open_input_stream(path) as stream:
         while block := stream.read(16 * 2**20):
             h.update(block)
-    h.update(json.dumps({"model": str(model_path), "training": cfg.model_dump(mode="json")}, sort_keys=True).encode())
+    h.update(json.dumps({"model": str(model_path), "training": cfg.model_dump(mode="json"), "workers": workers},
+                        sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -108,16 +110,22 @@ def run_training(
     crash finds the export and skips the fit.
     """
     started = time.perf_counter()
-    key = _fit_key(train_parquet, model_path, cfg)
+    key = _fit_key(train_parquet, model_path, cfg, res.train_workers)
     export = _fit_dir(storage_path, name, key) / "export"
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    # a driver that crashed while collecting an export finds it on its way to out_dir (the key travels with it)
+    for collected in (out_dir, tmp):
+        if not export_is_finished(export, key) and export_is_finished(collected, key):
+            shutil.rmtree(export, ignore_errors=True)
+            shutil.move(collected, export)
     if export_is_finished(export, key):
         print(f"training: {name} was exported by an earlier execution; using its export", flush=True)
     else:
+        (export.parent / STEPS_FILE).unlink(missing_ok=True)  # an earlier attempt's steps are not this one's
         with _watching_steps(export.parent, on_steps):
             _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, str(export), key,
                  run_name)
     fit_seconds = time.perf_counter() - started
-    tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.move(export, tmp)  # a rename on the same disk, not a copy of the weights
     metrics_file = tmp / "train_metrics.jsonl"
@@ -205,5 +213,6 @@ def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, se
             raise RuntimeError(f"training failed: {err}") from err
         # a rank was lost after the export (the weight transfer): the round is trained; the driver sees which
         # generators did not get π_{t+1} and loads the export into them
-        print(f"training: a worker failed after π_{{t+1}} was exported ({type(err).__name__}); using the export",
-              flush=True)
+        first = next((line for line in str(err).splitlines() if line.strip()), "")[:300]
+        print(f"training: a worker failed after π_{{t+1}} was exported ({type(err).__name__}: {first}); using the "
+              "export", flush=True)

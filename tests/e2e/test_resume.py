@@ -59,7 +59,8 @@ def _in_tmux(command: list[str], env: dict[str, str], root, timeout: float = 150
     if shutil.which("tmux") is None:
         raise AssertionError("tmux is needed (make test installs it from the distribution's packages)")
     server, rc_file = ["tmux", "-L", f"sppo-test-{os.getpid()}"], root / "tmux.rc"
-    shell = f"cd {shlex.quote(str(REPO))} && {shlex.join(command)}; echo $? > {shlex.quote(str(rc_file))}; sleep 600"
+    rc = shlex.quote(str(rc_file))  # written whole, by rename: never read half-written
+    shell = f"cd {shlex.quote(str(REPO))} && {shlex.join(command)}; echo $? > {rc}.tmp && mv {rc}.tmp {rc}; sleep 600"
     subprocess.run([*server, "new-session", "-d", "-s", "run", "-x", "150", "-y", "50", shell], env=env, check=True)
     seen: list[str] = []
     try:
@@ -110,8 +111,9 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(submitted_run, bad_
     # the resume runs in tmux, a real terminal: its progress is one line redrawn in place, read off the screen
     rc, seen, screen = _in_tmux([*CLI, "resume", str(run_dir)], cli_env, tmp_path)
     assert rc == 0, screen[-3000:]
-    assert any(re.search(r"round 1 train: \d+/\d+ steps \(\d+%\)", s) for s in seen), seen[-3:]
-    assert any(re.search(r"round 1 judge: \d+/\d+ prompts", s) for s in seen), seen[-3:]
+    # while they run: the line with its bar (the finished line has none)
+    assert any(re.search(r"round 1 train: \d+/\d+ steps \(\d+%\).*\[[#.]+\]", s) for s in seen), seen[-3:]
+    assert any(re.search(r"round 1 judge: \d+/\d+ prompts.*\[[#.]+\]", s) for s in seen), seen[-3:]
     for stage in ("generate", "judge", "train"):  # redrawn in place: one line a stage on the screen, ended at 100%
         lines = [line for line in screen.splitlines() if re.match(rf"round 1 {stage}: \d+/\d+ ", line)]
         assert len(lines) == 1 and "(100%) in " in lines[0], lines

@@ -211,7 +211,7 @@ def test_a_driver_back_after_the_export_skips_the_fit(trained, embedded_policy, 
     from sppo_ray.training.trainer import _fit_dir, _fit_key
 
     cfg = _config()
-    key = _fit_key(str(train_parquet), str(embedded_policy), cfg)
+    key = _fit_key(str(train_parquet), str(embedded_policy), cfg, RES.train_workers)
     shutil.copytree(trained.model_dir, _fit_dir(str(tmp_path / "ray_train"), "fit", key) / "export")
     (_fit_dir(str(tmp_path / "ray_train"), "fit", key) / "export" / "fit_key").write_text(key)
     result = run_training(str(train_parquet), str(embedded_policy), tmp_path / "model", cfg, RES,
