@@ -83,17 +83,11 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     rd.write_bytes("rejects.jsonl", "".join(json.dumps({**r.__dict__}) + "\n" for r in plan.prompt_set.rejects).encode())
     stop_stale_local_cluster(rd)  # left running by a killed driver of this run; never another cluster
     set_role_log_dir(rd.local_path("logs"))  # each role's process writes its output there
-    try:
+    with _one_line_errors(rd, {}):  # an engine or judge that cannot start: one line, the traceback in the run
         started_local = init_ray(config)
         check_cluster_plan(config, plan.policy_path)  # GPU runs: what does not fit fails here, before any actor
         check_cuda(config)  # GPU runs: CUDA and its driver on every GPU node, before any role falls back to CPU
         session = Session.start(config, plan.policy_path, plan.judge_path)
-    except UserError:
-        raise
-    except Exception as err:  # an engine or judge that cannot start: one line, the traceback and logs in the run
-        if verbose():
-            raise
-        raise _failed(err, rd, {}) from None
     _write_placement(rd, session)  # where each role starts (again at the end: restarted actors may have moved)
     if started_local:  # after the actors start, so their node's agents are up and recorded too
         record_local_cluster(rd)
@@ -117,12 +111,9 @@ def _execute(plan: Plan, rd: RunDir) -> Path:
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
-    except UserError:
-        raise
     except Exception as err:
-        if verbose():
-            raise
-        raise _failed(err, rd, progress.state) from None
+        with _one_line_errors(rd, progress.state):
+            raise err
     finally:
         set_role_log_dir(None)
         progress.close(outcome)
@@ -277,6 +268,20 @@ def _train(t: int, rd: RunDir, config: RunConfig, session: Session,
     metrics_file = Path(rd.local_path(rel)) / "train_metrics.jsonl"
     train_metrics = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
     return Path(rd.local_path(rel)), train_metrics
+
+
+@contextmanager
+def _one_line_errors(rd: RunDir, where: dict[str, Any]) -> Iterator[None]:
+    """An error from the block becomes :func:`_failed`'s one line, unless the user caused it or asked for
+    ``--verbose``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        if verbose():
+            raise
+        raise _failed(err, rd, where) from None
 
 
 def _failed(err: Exception, rd: RunDir, where: dict[str, Any]) -> RunFailedError:

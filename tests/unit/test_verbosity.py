@@ -90,3 +90,23 @@ def test_the_driver_hands_its_log_dir_to_the_roles_it_starts_not_to_itself(monke
     finally:
         set_role_log_dir(None)
     assert LOG_DIR_ENV not in role_env()
+
+
+def test_start_up_and_stage_errors_pass_through_one_filter(monkeypatch, tmp_path):
+    from sppo_ray.errors import ConfigError, RunFailedError
+    from sppo_ray.orchestration.driver import _one_line_errors
+    from sppo_ray.orchestration.rundir import RunDir
+
+    rd = RunDir(str(tmp_path))
+    monkeypatch.delenv("SPPO_RAY_VERBOSE", raising=False)
+    with pytest.raises(ConfigError):  # the user's own mistake keeps its message and type
+        with _one_line_errors(rd, {}):
+            raise ConfigError("policy.path: no such directory")
+    with pytest.raises(RunFailedError, match="round 2 judge failed") as failed:
+        with _one_line_errors(rd, {"round": 2, "stage": "judge"}):
+            raise OSError("judge weights unreadable")
+    assert failed.value.__suppress_context__ and "judge weights unreadable" in str(failed.value)
+    monkeypatch.setenv("SPPO_RAY_VERBOSE", "1")  # --verbose: the original error, traceback and all
+    with pytest.raises(OSError):
+        with _one_line_errors(rd, {}):
+            raise OSError("judge weights unreadable")
