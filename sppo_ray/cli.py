@@ -112,15 +112,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the same as one JSON object, for scripts")
 
     p = sub.add_parser("bench", help="benchmarks: each stage against its bare engine, same run")
-    p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "round", "memory", "all"])
+    p.add_argument("what", choices=["generation", "judging", "training", "weight-sync", "round", "memory", "scale",
+                                     "all"])
     # The LLM-judge job: the judging benchmark times a model judge (the default job's verifier costs next to nothing).
     p.add_argument("--config", default="jobs/tiny-llm-judge.yaml")
     _add_overrides(p)
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")
     p.add_argument("--tiny", action="store_true",
                    help="smallest sizes, with a tiny random model of the policy's architecture (what CI runs)")
-    return parser
+    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="scale: prompts per round to measure, comma-separated (default 1000,2000,5000)")
     _add_verbose(p)
+    return parser
 
 
 def _cmd_prepare_models(args: argparse.Namespace) -> int:
@@ -222,7 +225,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sppo_ray.bench.runner import run_benchmarks
 
-    run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny)
+    run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny, sizes=args.sizes)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,13 @@ from sppo_ray.actor_pool import shutdown_pool
 from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 
-__all__ = ["bench_round"]
+__all__ = ["bench_round", "pipeline_round"]
 
 
-def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path) -> dict[str, Any]:
+def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path,
+                   watch: AbstractContextManager | None = None):
+    """Round 0 on fresh long-lived actors into a fresh ``run_dir``: (its RunDir, the actors' start-up seconds).
+    ``watch`` wraps the round itself, not the start-up."""
     from sppo_ray.orchestration.driver import run_round
     from sppo_ray.orchestration.metrics import RunMetrics
     from sppo_ray.orchestration.rundir import RunDir
@@ -42,9 +46,15 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
     session = Session.start(config, plan.policy_path, plan.judge_path)
     startup = time.perf_counter() - started
     try:
-        run_round(0, prompts, session, rd, config, RunMetrics(f"{config.name}-bench"))
+        with watch or nullcontext():
+            run_round(0, prompts, session, rd, config, RunMetrics(f"{config.name}-bench"))
     finally:
         session.shutdown()
+    return rd, startup
+
+
+def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path) -> dict[str, Any]:
+    rd, startup = pipeline_round(config, plan, prompts, run_dir)
     summary = rd.manifest()["rounds"]["0"]
     return {"actor_startup_seconds": startup, "round_seconds": summary["seconds"]["round"],
             "phases": summary["seconds"], "train_rows": summary["train_rows"]}

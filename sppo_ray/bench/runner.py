@@ -24,11 +24,19 @@ def _rounded(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path, *, tiny: bool = False) -> dict:
+def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path, *, tiny: bool = False,
+                   sizes: list[int] | None = None) -> dict:
     from sppo_ray.orchestration.preflight import plan_run
     from sppo_ray.orchestration.session import init_ray
 
-    if tiny:  # the benchmarks' machinery at the smallest sizes, on tiny random models of the config's architectures
+    if what == "scale":  # tiny random models always (the orchestration's cost, not a model's), at its settings
+        from sppo_ray.bench.scale import SCALE_OVERRIDES
+        from sppo_ray.orchestration.rehearse import tiny_models
+
+        scaled = load_config(config_path, [*SCALE_OVERRIDES, *overrides])
+        policy, _ = tiny_models(scaled, out / "tiny_models")
+        overrides = [*SCALE_OVERRIDES, f"models.policy={policy}", *overrides]
+    elif tiny:  # the benchmarks' machinery at the smallest sizes, on tiny random models of the config's architectures
         from sppo_ray.orchestration.rehearse import tiny_models
 
         policy, judge = tiny_models(load_config(config_path, overrides), out / "tiny_models")
@@ -71,6 +79,13 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
         from sppo_ray.bench.memory import bench_memory
 
         keep("memory", bench_memory(config, plan, out))
+    if what == "scale":
+        from sppo_ray.bench.scale import bench_scale, scale_table
+
+        result = bench_scale(config, plan, out, sizes or ([40, 80] if tiny else [1000, 2000, 5000]),
+                             keep=lambda partial: keep("scale", partial))
+        keep("scale", result)
+        print(scale_table(result), flush=True)
     if what in ("round", "all"):
         from sppo_ray.bench.round import bench_round
 

@@ -1,0 +1,195 @@
+"""`sppo-ray bench scale`: one round through the real pipeline at growing prompt counts, beside a bare engine.
+
+Each size gets fresh long-lived actors (their start-up is reported apart) and runs the driver's own ``run_round``
+on tiny random models of the config's architectures, so the cost measured is the orchestration's, not a model's.
+In the same run a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling) gives the generation
+baseline. Per size: seconds and seconds per 1,000 prompts of each stage, the pipeline / bare generation
+throughput, the driver's and object store's peaks while the round ran, and the Parquet sizes. The driver's growth
+is set beside the Arrow bytes of the round's tables it holds, and extrapolated to the paper's round.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+import ray
+
+from sppo_ray.config import RunConfig
+from sppo_ray.data.prompts import Prompt
+
+__all__ = ["SCALE_OVERRIDES", "bench_scale", "linearity", "paper_round_driver_bytes", "scale_prompts", "scale_table"]
+
+# The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
+# 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
+SCALE_OVERRIDES = ["generation.k=5", "generation.max_new_tokens=16", "generation.top_p=1.0",
+                   "generation.batch_size=64", "judge.kind=length", "training.epochs=1",
+                   "training.global_batch_size=64", "training.micro_batch_size=8", "training.checkpoint_every=0"]
+PAPER_PROMPTS, PAPER_RESPONSE_TOKENS = 20_000, 450
+STAGES = ("generate", "judge", "dataset", "train", "broadcast")
+
+
+def scale_prompts(base: list[Prompt], n: int) -> list[Prompt]:
+    """``n`` distinct prompts cycled from ``base``: copy c > 0 of a prompt gets id ``<id>~c`` and its last message
+    a ``(c)`` prefix, so no two requests share a whole prompt (a prefix cache cannot make copies free)."""
+    if not base:
+        raise ValueError("scale_prompts: no base prompts")
+    out = []
+    for i in range(n):
+        p, copy = base[i % len(base)], i // len(base)
+        if copy == 0:
+            out.append(p)
+            continue
+        *head, last = p.messages
+        out.append(replace(p, id=f"{p.id}~{copy}",
+                           messages=(*head, {**last, "content": f"({copy}) {last['content']}"})))
+    return out
+
+
+class _Peaks:
+    """Samples the driver's RSS (and the object store's bytes in use) in a thread while the block runs."""
+
+    def __init__(self, store_bytes: Callable[[], int | None], every_s: float = 0.25) -> None:
+        import psutil
+
+        self._proc, self._store, self._every = psutil.Process(), store_bytes, every_s
+        self.base_rss = self.peak_rss = 0
+        self.peak_store: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last_store = 0.0
+        while not self._stop.wait(self._every):
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            if time.monotonic() - last_store >= 2.0:  # a raylet round trip: less often
+                last_store = time.monotonic()
+                used = self._store()
+                if used is not None:
+                    self.peak_store = max(self.peak_store or 0, used)
+
+    def __enter__(self) -> "_Peaks":
+        self.base_rss = self.peak_rss = self._proc.memory_info().rss  # after the actors' start-up
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+
+def _object_store_bytes() -> int | None:
+    """Bytes in the cluster's object stores (Ray's `ray memory` figure); None where this Ray cannot say."""
+    try:
+        from ray._private.internal_api import get_memory_info_reply
+        from ray._private.state import state
+
+        return int(get_memory_info_reply(state, timeout_seconds=5).store_stats.object_store_bytes_used)
+    except Exception:  # a private API: a figure missing is better than a benchmark lost
+        return None
+
+
+def _bare_generation(config: RunConfig, policy: Path, prompts: list[Prompt]) -> dict[str, float]:
+    from sppo_ray.actor_pool import shutdown_pool
+    from sppo_ray.bench.engines import BareVLLM
+    from sppo_ray.generation.stage import generator_options
+
+    engine = ray.remote(BareVLLM).options(**generator_options(config.resources)).remote(str(policy),
+                                                                                       config.generation)
+    try:
+        ray.get(engine.run.remote([list(p.messages) for p in prompts[:2]]))  # warm-up
+        measured = ray.get(engine.run.remote([list(p.messages) for p in prompts]))
+    finally:
+        shutdown_pool([engine])
+    return {**measured, "tokens_per_s": measured["tokens"] / measured["seconds"]}
+
+
+def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path) -> dict[str, Any]:
+    from sppo_ray.bench.round import pipeline_round
+
+    peaks = _Peaks(_object_store_bytes)
+    rd, startup = pipeline_round(config, plan, prompts, run_dir, watch=peaks)
+    summary = rd.manifest()["rounds"]["0"]
+    files = {name: (run_dir / "round_0" / f"{name}.parquet") for name in ("responses", "tables", "train")}
+    arrow = {name: pq.read_table(files[name]).nbytes for name in ("responses", "tables")}  # what the driver holds
+    return {"actor_startup_seconds": startup, "seconds": summary["seconds"],
+            "generated_tokens": summary["generated_tokens"], "train_rows": summary["train_rows"],
+            "mean_response_tokens": summary["mean_response_tokens"],
+            "driver_rss_before": peaks.base_rss, "driver_rss_peak": peaks.peak_rss,
+            "driver_growth": peaks.peak_rss - peaks.base_rss, "object_store_peak": peaks.peak_store,
+            "arrow_bytes": arrow, "arrow_bytes_held": sum(arrow.values()),
+            "parquet_bytes": {name: f.stat().st_size for name, f in files.items()}}
+
+
+def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
+                keep: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """One round at each size (smallest first), the bare engine on the same prompts after each."""
+    base = [p for round_prompts in plan.rounds for p in round_prompts]
+    result: dict[str, Any] = {"k": config.generation.k, "max_new_tokens": config.generation.max_new_tokens,
+                              "top_p": config.generation.top_p, "judge": config.judge.kind,
+                              "generators": config.resources.generators,
+                              "train_workers": config.resources.train_workers, "sizes": {}}
+    for n in sorted(sizes):
+        prompts = scale_prompts(base, n)
+        pipeline = _pipeline_round(config, plan, prompts, out / f"scale_{n}")
+        bare = _bare_generation(config, plan.policy_path, prompts)
+        gen_tps = pipeline["generated_tokens"] / pipeline["seconds"]["generate"]
+        result["sizes"][str(n)] = {
+            "prompts": n, "pipeline": pipeline, "bare_generation": bare,
+            "seconds_per_1k_prompts": {s: pipeline["seconds"].get(s, 0.0) * 1000 / n for s in (*STAGES, "round")},
+            "ratio_pipeline_over_bare_generation": gen_tps / bare["tokens_per_s"],
+            "driver_growth_over_arrow_held": pipeline["driver_growth"] / pipeline["arrow_bytes_held"],
+        }
+        if keep is not None:  # written after each size: a later size failing loses nothing
+            keep(result)
+    result["linearity"] = linearity(result["sizes"])
+    largest = result["sizes"][str(max(sizes))]
+    result["paper_round_driver_bytes"] = paper_round_driver_bytes(largest, config.generation.k)
+    return result
+
+
+def linearity(sizes: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Per stage (and the round): seconds per 1k prompts at the largest size over the smallest's (1.0: linear)."""
+    ordered = sorted(sizes.values(), key=lambda s: s["prompts"])
+    small, large = ordered[0]["seconds_per_1k_prompts"], ordered[-1]["seconds_per_1k_prompts"]
+    return {s: large[s] / small[s] for s in small if small[s] > 0}
+
+
+def paper_round_driver_bytes(measured: dict[str, Any], k: int) -> dict[str, float]:
+    """The driver's growth at the paper's round, extrapolated from one measured size.
+
+    The driver holds the round's responses and tables as Arrow: responses grow with prompts × K × response tokens,
+    tables with prompts × K². Each is scaled from the measured Arrow bytes, then multiplied by the measured ratio of
+    the driver's growth to the Arrow bytes it held.
+    """
+    p = measured["pipeline"]
+    n, tokens = measured["prompts"], max(p["mean_response_tokens"], 1.0)
+    scale_n = PAPER_PROMPTS / n
+    arrow = p["arrow_bytes"]["responses"] * scale_n * PAPER_RESPONSE_TOKENS / tokens \
+        + p["arrow_bytes"]["tables"] * scale_n
+    ratio = p["driver_growth"] / p["arrow_bytes_held"]
+    return {"prompts": PAPER_PROMPTS, "k": k, "response_tokens": PAPER_RESPONSE_TOKENS, "arrow_bytes": arrow,
+            "driver_growth_bytes": arrow * max(ratio, 1.0)}
+
+
+def scale_table(result: dict[str, Any]) -> str:
+    """The Markdown table BENCHMARKS.md's "Scale" section shows."""
+    mb = 2**20
+    head = ("| prompts | generate s (s/1k) | judge s (s/1k) | train s (s/1k) | round s (s/1k) | pipeline/bare gen "
+            "| driver +MB (tables MB) | object store peak MB | Parquet MB resp/tables/train |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for key in sorted(result["sizes"], key=int):
+        s = result["sizes"][key]
+        p, per = s["pipeline"], s["seconds_per_1k_prompts"]
+        cells = [f"{p['seconds'].get(st, 0.0):.1f} ({per[st]:.1f})" for st in ("generate", "judge", "train", "round")]
+        store = "n/a" if p["object_store_peak"] is None else f"{p['object_store_peak'] / mb:.0f}"
+        files = "/".join(f"{p['parquet_bytes'][f] / mb:.1f}" for f in ("responses", "tables", "train"))
+        lines.append(f"| {s['prompts']:,} | " + " | ".join(cells) +
+                     f" | {s['ratio_pipeline_over_bare_generation']:.2f} | {p['driver_growth'] / mb:.0f} "
+                     f"({p['arrow_bytes_held'] / mb:.1f}) | {store} | {files} |")
+    return "\n".join(lines)

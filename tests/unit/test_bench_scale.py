@@ -1,0 +1,62 @@
+"""The pure parts of `sppo-ray bench scale`: its prompts, its linearity figure and its driver extrapolation."""
+
+from __future__ import annotations
+
+import pytest
+
+from sppo_ray.bench.scale import linearity, paper_round_driver_bytes, scale_prompts, scale_table
+from sppo_ray.data.prompts import Prompt
+
+pytestmark = pytest.mark.unit
+
+
+def _base(n: int) -> list[Prompt]:
+    return [Prompt(f"p{i}", ({"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"}))
+            for i in range(n)]
+
+
+def test_scaled_prompts_are_distinct_in_id_and_text_and_keep_the_base_first():
+    prompts = scale_prompts(_base(3), 8)
+    assert [p.id for p in prompts[:3]] == ["p0", "p1", "p2"] and prompts[3].id == "p0~1" and prompts[7].id == "p1~2"
+    assert len({p.id for p in prompts}) == 8
+    assert len({p.messages[-1]["content"] for p in prompts}) == 8  # no prefix cache can make a copy free
+    assert prompts[7].messages[-1]["content"] == "(2) q1" and prompts[7].messages[0] == {"role": "system",
+                                                                                      "content": "be brief"}
+    with pytest.raises(ValueError):
+        scale_prompts([], 4)
+
+
+def _size(n: int, gen_s: float, train_s: float) -> dict:
+    return {"prompts": n, "seconds_per_1k_prompts": {"generate": gen_s * 1000 / n, "train": train_s * 1000 / n,
+                                                     "judge": 0.0}}
+
+
+def test_linearity_is_the_largest_sizes_cost_per_prompt_over_the_smallest():
+    ratios = linearity({"5000": _size(5000, 500.0, 1200.0), "1000": _size(1000, 100.0, 200.0)})
+    assert ratios["generate"] == pytest.approx(1.0) and ratios["train"] == pytest.approx(1.2)
+    assert "judge" not in ratios  # a stage that took no time has no ratio
+
+
+def _measured(growth: int) -> dict:
+    pipeline = {"mean_response_tokens": 16.0, "arrow_bytes": {"responses": 4_000_000, "tables": 1_000_000},
+                "arrow_bytes_held": 5_000_000, "driver_growth": growth, "seconds": {"generate": 10.0, "judge": 1.0,
+                "train": 20.0, "round": 32.0}, "object_store_peak": None,
+                "parquet_bytes": {"responses": 2**20, "tables": 2**19, "train": 2**20}}
+    return {"prompts": 1000, "pipeline": pipeline, "ratio_pipeline_over_bare_generation": 0.97,
+            "seconds_per_1k_prompts": {"generate": 10.0, "judge": 1.0, "train": 20.0, "round": 32.0}}
+
+
+def test_the_paper_round_scales_responses_by_tokens_and_tables_by_prompts_only():
+    est = paper_round_driver_bytes(_measured(growth=10_000_000), k=5)
+    arrow = 4_000_000 * 20 * 450 / 16 + 1_000_000 * 20
+    assert est["arrow_bytes"] == pytest.approx(arrow)
+    assert est["driver_growth_bytes"] == pytest.approx(arrow * 2)  # the driver held twice the Arrow bytes
+    # a driver that grew less than the tables it holds is not extrapolated below them
+    assert paper_round_driver_bytes(_measured(growth=1_000), k=5)["driver_growth_bytes"] == pytest.approx(arrow)
+
+
+def test_the_table_has_a_row_per_size_in_order():
+    table = scale_table({"sizes": {"2000": {**_measured(0), "prompts": 2000}, "1000": _measured(0)}}).splitlines()
+    assert table[0].count("|") == table[1].count("|") == table[2].count("|")
+    assert table[2].startswith("| 1,000 |") and table[3].startswith("| 2,000 |") and "| n/a |" in table[2]
+    assert "| 0.97 |" in table[2]
