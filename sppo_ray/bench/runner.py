@@ -35,7 +35,8 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
 
         scaled = load_config(config_path, [*SCALE_OVERRIDES, *overrides])
         policy, _ = tiny_models(scaled, out / "tiny_models")
-        overrides = [*SCALE_OVERRIDES, f"models.policy={policy}", *overrides]
+        small = ["training.global_batch_size=8", "training.micro_batch_size=2"] if tiny else []  # 40 prompts
+        overrides = [*SCALE_OVERRIDES, *small, f"models.policy={policy}", *overrides]
     elif tiny:  # the benchmarks' machinery at the smallest sizes, on tiny random models of the config's architectures
         from sppo_ray.orchestration.rehearse import tiny_models
 
