@@ -5,7 +5,7 @@ on tiny random models of the config's architectures, so the cost measured is the
 In the same run a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling) gives the generation
 baseline. Per size: seconds and seconds per 1,000 prompts of each stage, the pipeline / bare generation
 throughput, the driver's and object store's peaks while the round ran, and the Parquet sizes. The driver's growth
-is set beside the Arrow bytes of the round's tables it holds, and extrapolated to the paper's round.
+is set beside the Arrow bytes of the round's tables it holds, and both are extrapolated to the paper's round.
 """
 
 from __future__ import annotations
@@ -164,17 +164,17 @@ def paper_round_driver_bytes(measured: dict[str, Any], k: int) -> dict[str, floa
     """The driver's growth at the paper's round, extrapolated from one measured size.
 
     The driver holds the round's responses and tables as Arrow: responses grow with prompts × K × response tokens,
-    tables with prompts × K². Each is scaled from the measured Arrow bytes, then multiplied by the measured ratio of
-    the driver's growth to the Arrow bytes it held.
+    tables with prompts × K². Each is scaled from the measured Arrow bytes; what the driver grew beyond the Arrow
+    bytes it held is added as a fixed overhead (a ratio would blow a few MB of start-up noise up to gigabytes).
     """
     p = measured["pipeline"]
     n, tokens = measured["prompts"], max(p["mean_response_tokens"], 1.0)
     scale_n = PAPER_PROMPTS / n
     arrow = p["arrow_bytes"]["responses"] * scale_n * PAPER_RESPONSE_TOKENS / tokens \
         + p["arrow_bytes"]["tables"] * scale_n
-    ratio = p["driver_growth"] / p["arrow_bytes_held"]
+    overhead = max(0, p["driver_growth"] - p["arrow_bytes_held"])
     return {"prompts": PAPER_PROMPTS, "k": k, "response_tokens": PAPER_RESPONSE_TOKENS, "arrow_bytes": arrow,
-            "driver_growth_bytes": arrow * max(ratio, 1.0)}
+            "fixed_overhead_bytes": overhead, "driver_growth_bytes": arrow + overhead}
 
 
 def scale_table(result: dict[str, Any]) -> str:
