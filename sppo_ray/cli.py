@@ -28,6 +28,17 @@ _EPILOG = """examples:
 Errors in configs, prompt files or model paths are reported before any actor starts."""
 
 
+def _prompt_counts(value: str) -> list[int]:
+    """``--sizes 1000,2000``: positive prompt counts, or argparse's one-line error naming the bad one."""
+    try:
+        sizes = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: comma-separated whole numbers of prompts, e.g. 1000,2000")
+    if bad := [n for n in sizes if n <= 0]:
+        raise argparse.ArgumentTypeError(f"{bad[0]}: a size is a number of prompts, at least 1")
+    return sizes
+
+
 def _add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="full engine logs (vLLM INFO lines) and Ray Data progress and plans, also off a terminal")
@@ -120,7 +131,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")
     p.add_argument("--tiny", action="store_true",
                    help="smallest sizes, with a tiny random model of the policy's architecture (what CI runs)")
-    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+    p.add_argument("--sizes", type=_prompt_counts, default=None,
                    help="scale: prompts per round to measure, comma-separated (default 1000,2000,5000)")
     _add_verbose(p)
     return parser
