@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import ray
 
-__all__ = ["StaleState", "in_order", "shutdown_pool", "stream_through_actors"]
+__all__ = ["NODE_WAIT_S", "ActorsLost", "StaleState", "in_order", "shutdown_pool", "stream_through_actors"]
 
 
 class StaleState(RuntimeError):
@@ -24,10 +24,14 @@ class StaleState(RuntimeError):
 
 
 _RETRY_WAIT_S = 5.0
-# How long a batch keeps being retried while its actors die or restart. A call to a restarting actor fails at once
-# (ActorUnavailableError), and an engine that Ray restarts on a replacement node loads its model again: seconds for
-# a tiny model on idle cores, a minute or more under load, minutes for a 7B.
-_RETRY_WINDOW_S = 900.0
+# How long a batch keeps being retried while its actors die or restart (``resources.node_wait_s``). A call to a
+# restarting actor fails at once (ActorUnavailableError), and an engine that Ray restarts on a replacement node
+# loads its model again: seconds for a tiny model on idle cores, a minute or more under load, minutes for a 7B.
+NODE_WAIT_S = 900.0
+
+
+class ActorsLost(RuntimeError):
+    """A stage's actors did not come back within the wait (a lost node and no node to restart them on)."""
 
 
 @ray.remote(num_cpus=0)
@@ -86,11 +90,12 @@ def shutdown_pool(actors: list[Any]) -> None:
         ray.kill(broker)
 
 
-def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]], kwargs, recover) -> dict[str, Any]:
+def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]], kwargs, recover,
+                     wait_s: float = NODE_WAIT_S) -> dict[str, Any]:
     """``actor.<method>.remote(rows, **kwargs)``; on a dead actor try the next one, on a stale one ``recover`` it."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    deadline, attempt = time.monotonic() + _RETRY_WINDOW_S, 0
+    deadline, attempt = time.monotonic() + wait_s, 0
     while True:
         actor = actors[(slot + attempt) % len(actors)]
         attempt += 1
@@ -108,17 +113,24 @@ def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]],
             except (RayActorError, ActorUnavailableError) as lost:
                 last_error = lost
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{method} failed for {_RETRY_WINDOW_S:.0f} s ({attempt} attempts): {last_error}")
+            raise ActorsLost(lost_message(method, wait_s, f"{attempt} attempts; last: {last_error}"))
         time.sleep(_RETRY_WAIT_S)
 
 
+def lost_message(what: str, wait_s: float, detail: str) -> str:
+    """The first line says it all: the driver's one-line error of a failed stage shows it alone."""
+    return (f"{what}: no actor answered for {wait_s:.0f} s (resources.node_wait_s): a lost node's roles found no "
+            "node to restart on; once the cluster has the node back (KubeRay replaces a lost pod), `sppo-ray resume` "
+            f"continues the run, keeping the stage's finished chunks\n({detail})")
+
+
 def _forward(batch: pa.Table, *, actors, broker, execution: str, method: str, kwargs: dict[str, Any],
-             schema: pa.Schema, recover) -> pa.Table:
+             schema: pa.Schema, recover, wait_s: float) -> pa.Table:
     """Ray Data task: one batch to one leased actor. The actor returns {"rows": [...], "records": [...]}; rows go
     downstream, records (rejects, counters) to the broker."""
     slot = ray.get(broker.acquire.remote())
     try:
-        result = _call_with_retry(actors, slot, method, batch.to_pylist(), kwargs, recover)
+        result = _call_with_retry(actors, slot, method, batch.to_pylist(), kwargs, recover, wait_s)
     finally:
         broker.release.remote(slot)
     if result.get("records"):
@@ -137,6 +149,7 @@ def stream_through_actors(
     per_actor: int = 1,
     recover: tuple[str, tuple] | None = None,
     on_block: Callable[[pa.Table], None] | None = None,
+    wait_s: float = NODE_WAIT_S,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Run ``ds`` through ``actor.<method>`` batch by batch, at most ``per_actor`` batches per actor at a time
     (more than 1 needs actors that take concurrent calls).
@@ -144,13 +157,14 @@ def stream_through_actors(
     ``recover`` names a method called as ``actor.<recover[0]>.remote(*recover[1])`` when an actor reports a
     ``StaleState`` error (a restarted generator holding π_0, say) before the batch is retried. ``on_block`` is
     called with each block of output rows as it arrives (in completion order), while the rest is still running.
+    A batch whose actors die is retried for ``wait_s`` seconds, then the stage fails with :class:`ActorsLost`.
     Returns (output table, side records).
     """
     broker, execution = _broker_for(actors), uuid.uuid4().hex
     out = ds.map_batches(
         _forward,
         fn_kwargs={"actors": actors, "broker": broker, "execution": execution, "method": method, "kwargs": kwargs,
-                   "schema": schema, "recover": recover},
+                   "schema": schema, "recover": recover, "wait_s": wait_s},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=len(actors) * per_actor),

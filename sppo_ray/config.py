@@ -146,6 +146,15 @@ class JudgeConfig(_Section):
     # For kind "verifier": IFEval's "strict" check, or "loose" (also passes if the answer does once its first or
     # last line or its asterisks are dropped), which credits a small model's "Sure! Here is..." opening line.
     verifier_mode: Literal["strict", "loose"] = "loose"
+    # The stage writes its judged rows in chunks of this many prompts as they finish (RUN_DIR/round_t/chunks_judge/),
+    # so a driver killed mid-stage resumes with the prompts no chunk holds; 0 writes none. Removed once the round's
+    # tables.parquet is recorded.
+    chunk_prompts: int = Field(1000, ge=0)
+
+    # What a judged row depends on (with the generated rows and the judge model): chunks written under other values
+    # of these are not reused. (Batch sizes only cut the work differently.)
+    TABLE_FIELDS: ClassVar[tuple[str, ...]] = ("kind", "table", "selection", "max_source_tokens",
+                                                "max_candidate_tokens", "prefer", "dtype", "tau", "verifier_mode")
 
     @model_validator(mode="after")
     def _verifier_table(self) -> "JudgeConfig":
@@ -229,6 +238,10 @@ class ResourcesConfig(_Section):
     # Logical CPUs for a local Ray started by the driver (0: max(cores, what the roles reserve)); roles time-share
     # the cores on a small machine because only one stage is busy at a time.
     local_num_cpus: int = Field(0, ge=0)
+    # Seconds a stage waits for a lost node's roles to come back (Ray restarts actors on a surviving or replacement
+    # node; in the colocated layout the node's bundles are re-reserved when a node that holds them joins). Past it
+    # the run stops with a message saying so, and `sppo-ray resume` continues it once the cluster has the node.
+    node_wait_s: float = Field(900.0, gt=0)
 
     @property
     def placement(self) -> str:

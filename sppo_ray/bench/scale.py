@@ -2,8 +2,8 @@
 
 Each size gets fresh long-lived actors (their start-up is reported apart) and runs the driver's own ``run_round``
 on tiny random models of the config's architectures, so the cost measured is the orchestration's, not a model's.
-In the same run a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling) gives the generation
-baseline. Per size: seconds and seconds per 1,000 prompts of each stage, the pipeline / bare generation
+In the same run a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling; before and after the round,
+on up to 1,000 of its prompts) gives the generation baseline. Per size: seconds and seconds per 1,000 prompts of each stage, the pipeline / bare generation
 throughput, the driver's and object store's peaks while the round ran, and the Parquet sizes. The driver's growth
 is set beside the Arrow bytes of the round's tables it holds, and both are extrapolated to the paper's round.
 """
@@ -94,6 +94,11 @@ def _object_store_bytes() -> int | None:
         return None
 
 
+# The bare engine's speed does not depend on the prompt count once its batch is full: it is measured on at most
+# this many of the round's prompts, before and after the round (these machines drift; the mean is the baseline).
+BARE_PROMPTS = 1000
+
+
 def _bare_generation(config: RunConfig, policy: Path, prompts: list[Prompt]) -> dict[str, float]:
     from sppo_ray.actor_pool import shutdown_pool
     from sppo_ray.bench.engines import BareVLLM
@@ -103,10 +108,11 @@ def _bare_generation(config: RunConfig, policy: Path, prompts: list[Prompt]) -> 
                                                                                        config.generation)
     try:
         ray.get(engine.run.remote([list(p.messages) for p in prompts[:2]]))  # warm-up
-        measured = ray.get(engine.run.remote([list(p.messages) for p in prompts]))
+        measured = ray.get(engine.run.remote([list(p.messages) for p in prompts[:BARE_PROMPTS]]))
     finally:
         shutdown_pool([engine])
-    return {**measured, "tokens_per_s": measured["tokens"] / measured["seconds"]}
+    return {**measured, "prompts": min(len(prompts), BARE_PROMPTS),
+            "tokens_per_s": measured["tokens"] / measured["seconds"]}
 
 
 def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path) -> dict[str, Any]:
@@ -136,13 +142,17 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
                               "train_workers": config.resources.train_workers, "sizes": {}}
     for n in sorted(sizes):
         prompts = scale_prompts(base, n)
+        before = _bare_generation(config, plan.policy_path, prompts)
         pipeline = _pipeline_round(config, plan, prompts, out / f"scale_{n}")
-        bare = _bare_generation(config, plan.policy_path, prompts)
+        after = _bare_generation(config, plan.policy_path, prompts)
+        bare_tps = (before["tokens_per_s"] + after["tokens_per_s"]) / 2
         gen_tps = pipeline["generated_tokens"] / pipeline["seconds"]["generate"]
         result["sizes"][str(n)] = {
-            "prompts": n, "pipeline": pipeline, "bare_generation": bare,
+            "prompts": n, "pipeline": pipeline, "bare_generation": {"before": before, "after": after,
+                                                                    "tokens_per_s": bare_tps},
+            "pipeline_generation_tokens_per_s": gen_tps,
             "seconds_per_1k_prompts": {s: pipeline["seconds"].get(s, 0.0) * 1000 / n for s in (*STAGES, "round")},
-            "ratio_pipeline_over_bare_generation": gen_tps / bare["tokens_per_s"],
+            "ratio_pipeline_over_bare_generation": gen_tps / bare_tps,
             "driver_growth_over_arrow_held": pipeline["driver_growth"] / pipeline["arrow_bytes_held"],
         }
         if keep is not None:  # written after each size: a later size failing loses nothing

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import ray
 
-from sppo_ray.actor_pool import in_order, stream_through_actors
+from sppo_ray.actor_pool import NODE_WAIT_S, in_order, stream_through_actors
 from sppo_ray.config import GenerationConfig, ResourcesConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.data.prompts import Prompt
@@ -170,13 +170,15 @@ def run_generation_stage(
     samples: int | None = None,
     finished: pa.Table | None = None,
     on_rows: Callable[[pa.Table], None] | None = None,
+    wait_s: float = NODE_WAIT_S,
 ) -> GenerationResult:
     """Stream one round's prompts through the generators; every usable prompt yields exactly one row.
 
     ``samples`` overrides K (evaluation samples 1 or best-of-N); ``iteration`` enters every sample's seed.
     ``finished`` holds rows an interrupted execution already generated (same round, same policy): their prompts
     are not generated again. ``on_rows`` receives each block of new rows as it arrives (the driver writes them in
-    chunks). Every sample has its own seed, so the result is the same however the prompts were split.
+    chunks). Every sample has its own seed, so the result is the same however the prompts were split. A batch whose
+    generator died waits up to ``wait_s`` for it to come back (``resources.node_wait_s``).
     """
     started = time.perf_counter()
     done = set(finished.column("prompt_id").to_pylist()) if finished is not None else set()
@@ -194,6 +196,7 @@ def run_generation_stage(
             per_actor=CALLS_PER_GENERATOR,
             recover=("load_policy", weights_args(weights)),
             on_block=on_rows,
+            wait_s=wait_s,
         )
         tables.append(table)
     table = in_order(pa.concat_tables(tables) if tables else GENERATION_SCHEMA.empty_table(), "prompt_id",

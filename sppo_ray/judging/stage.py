@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from sppo_ray.actor_pool import in_order, stream_through_actors
+from sppo_ray.actor_pool import NODE_WAIT_S, in_order, stream_through_actors
 from sppo_ray.config import JudgeConfig, ResourcesConfig
 from sppo_ray.judging.actor import JudgeActor
 from sppo_ray.runtime import role_env
@@ -113,34 +113,47 @@ class JudgingResult:
     # Seconds inside the actors' judge_batch calls, summed; two calls overlap per actor, so this can exceed
     # seconds x judges.
     judge_seconds: float
+    # Rows taken from ``finished`` (an interrupted execution's chunks) rather than judged now.
+    reused: int = 0
 
 
 def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeConfig,
                       instructions: dict[str, str] | None = None,
-                      on_rows: Callable[[pa.Table], None] | None = None) -> JudgingResult:
+                      on_rows: Callable[[pa.Table], None] | None = None,
+                      finished: pa.Table | None = None, wait_s: float = NODE_WAIT_S) -> JudgingResult:
     """Judge every generated row; prompts per batch = pairs per batch / (K(K−1)), at least 1.
 
     ``instructions`` maps a prompt id to its instructions as JSON; they travel with the rows to the judges (the
     verifier judge checks responses against them). ``on_rows`` receives each block of judged rows as it arrives.
+    ``finished`` holds rows an interrupted execution already judged (the same generated rows, the same judge):
+    their prompts are not judged again. A batch whose judge died waits up to ``wait_s`` for it to come back.
     """
     started = time.perf_counter()
     k = len(generated.column("responses")[0].as_py()) if generated.num_rows else 2
     rows_per_batch = max(1, cfg.batch_size * 4 // (k * (k - 1)))
+    done = set(finished.column("prompt_id").to_pylist()) if finished is not None else set()
     rows = generated.select(["prompt_id", "messages_json", "responses", "policy_version"])
+    if done:
+        rows = rows.filter(pa.array([pid not in done for pid in rows.column("prompt_id").to_pylist()]))
     if instructions:
         rows = rows.append_column("instructions_json", pa.array(
             [instructions.get(pid, "") for pid in rows.column("prompt_id").to_pylist()], pa.string()))
-    ds = ray.data.from_arrow(rows)
-    table, records = stream_through_actors(
-        ds, judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA, batch_size=rows_per_batch,
-        per_actor=CALLS_PER_JUDGE, on_block=on_rows,
-    )
-    table = in_order(table, "prompt_id", generated.column("prompt_id").to_pylist())
+    tables, records = [finished] if finished is not None else [], []
+    if rows.num_rows:
+        table, records = stream_through_actors(
+            ray.data.from_arrow(rows), judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA,
+            batch_size=rows_per_batch, per_actor=CALLS_PER_JUDGE, on_block=on_rows, wait_s=wait_s,
+        )
+        tables.append(table)
+    table = in_order(pa.concat_tables(tables) if tables else JUDGED_SCHEMA.empty_table(), "prompt_id",
+                     generated.column("prompt_id").to_pylist())
+    reused_pairs = 0 if finished is None else sum(k * (k - 1) for k in finished.column("k").to_pylist())
     return JudgingResult(
         table,
-        sum(r["pairs"] for r in records),
+        sum(r["pairs"] for r in records) + reused_pairs,
         time.perf_counter() - started,
         sum(r["seconds"] for r in records),
+        len(done),
     )
 
 

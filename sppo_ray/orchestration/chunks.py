@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sppo_ray.orchestration.progress import Progress
 from sppo_ray.orchestration.rundir import RunDir
 
 __all__ = ["StageChunks", "inputs_digest"]
@@ -28,6 +29,7 @@ class StageChunks:
 
     def __init__(self, rd: RunDir, t: int, stage: str, every: int, inputs: dict[str, Any], schema: pa.Schema) -> None:
         self.rd, self.key, self.every, self.schema = rd, f"round_{t}/{stage}", every, schema
+        self.t, self.stage = t, stage
         self.folder, self.inputs = f"round_{t}/chunks_{stage}", inputs_digest(inputs)
         self.buffer: list[pa.Table] = []
         self.buffered = 0
@@ -47,6 +49,22 @@ class StageChunks:
             if hashlib.sha256(data).hexdigest() == chunk["sha256"]:
                 tables.append(pq.read_table(pa.BufferReader(data)).cast(self.schema))
         return pa.concat_tables(tables) if tables else None
+
+    def resume(self, total: int) -> pa.Table | None:
+        """:meth:`load`, and a line on the screen saying how much of the stage it holds."""
+        finished = self.load()
+        if finished is not None:
+            print(f"round {self.t} {self.stage}: {finished.num_rows} of {total} prompts from the interrupted "
+                  "execution's chunks", flush=True)
+        return finished
+
+    def sink(self, progress: Progress | None) -> Callable[[pa.Table], None]:
+        """What the stage calls with each block of new rows: into the chunks, and counted on the progress bar."""
+        def on_rows(rows: pa.Table) -> None:
+            self.add(rows)
+            if progress is not None:
+                progress.add(rows.num_rows)
+        return on_rows
 
     def add(self, rows: pa.Table) -> None:
         """New rows; a chunk is written once ``every`` of them are waiting."""

@@ -7,11 +7,13 @@ each GPU then has exactly ``1 - generator_gpus - judge_gpus`` free, room for one
 fractional-GPU accounting puts one worker on each GPU. Every stage uses every GPU; between stages the idle roles
 release their memory (engines sleep, judges move to host; see :class:`Residency`).
 
-GPU bundles are reserved as one ``STRICT_PACK`` placement group per node, each pinned to its node by the
-``ray.io/node-id`` label Ray gives every node, with as many bundles as the node's GPUs hold
-(``sppo_ray/placement.py``): Ray 2.60 never grants one PACK group of fractional-GPU bundles that does not fit on a
-single node (16 bundles of 0.6 GPU over two 8-GPU nodes stay pending forever), while a group per node is granted at
-once and puts bundle j of node k on GPU j of that node. What the nodes cannot hold fails before anything is
+GPU bundles are reserved as one ``STRICT_PACK`` placement group per node, with as many bundles as the node's GPUs
+hold (``sppo_ray/placement.py``): Ray 2.60 never grants one PACK group of fractional-GPU bundles that does not fit
+on a single node (16 bundles of 0.6 GPU over two 8-GPU nodes stay pending forever), while a group per node is
+granted at once and puts bundle j of node k on GPU j of that node. The groups are asked for one after the other,
+largest first, each once the one before is granted, so each lands on a node with room for all of it; they are not
+pinned to a node id, so when a node is lost Ray re-reserves its group on a node that joins with room for it (a
+replacement pod) and restarts the group's actors there. What the nodes cannot hold fails before anything is
 reserved, naming each node's capacity.
 
 On CPU the bundles hold CPUs only, in one PACK group: the same actors and sleep/wake calls (recorded no-ops), so
@@ -26,6 +28,7 @@ from typing import Any
 
 import ray
 
+from sppo_ray.actor_pool import NODE_WAIT_S, ActorsLost, lost_message
 from sppo_ray.config import ResourcesConfig
 from sppo_ray.placement import assign_bundles, bundle_shape, bundles_on_node
 
@@ -68,22 +71,24 @@ class Colocation:
                             f"judge replica + train worker) and the cluster's nodes hold {sum(c for _, c in caps)} "
                             f"({held}); lower resources.train_workers/generators/judges or the per-role CPUs, or add "
                             "nodes")
-        if "GPU" in bundle:
-            groups = [placement_group([dict(bundle)] * c, strategy="STRICT_PACK",
-                                      bundle_label_selector=[{"ray.io/node-id": nid}] * c)
-                      for (nid, _), c in zip(caps, counts) if c]
-        else:
-            groups = [placement_group([dict(bundle)] * n, strategy="PACK")]
-        colocation = cls(groups, [(g, j) for g, pg in enumerate(groups) for j in range(len(pg.bundle_specs))])
-        try:
-            ray.get([pg.ready() for pg in groups], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            colocation.remove()
-            raise PlanError(
-                f"resources: the colocated layout asked for {n} bundles of {bundle} and the cluster did not grant "
-                f"them in {timeout_s:.0f} s: other work holds the resources (free now: {ray.available_resources()})"
-            ) from None
-        return colocation
+        shapes = [("STRICT_PACK", c) for c in counts if c] if "GPU" in bundle else [("PACK", n)]
+        groups, deadline = [], time.monotonic() + timeout_s
+        for strategy, count in shapes:  # one at a time: a group lands where the ones before left room for it
+            groups.append(placement_group([dict(bundle)] * count, strategy=strategy))
+            try:
+                ray.get(groups[-1].ready(), timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                cls(groups, []).remove()
+                raise PlanError(
+                    f"resources: the colocated layout asked for {n} bundles of {bundle} and the cluster did not grant "
+                    f"them in {timeout_s:.0f} s: other work holds the resources (free now: "
+                    f"{ray.available_resources()})") from None
+        return cls(groups, [(g, j) for g, pg in enumerate(groups) for j in range(len(pg.bundle_specs))])
+
+    def waiting(self) -> list[int]:
+        """The bundles not reserved now (their node was lost and none with room for their group has joined)."""
+        states = [ray.util.placement_group_table(pg)["state"] for pg in self.groups]
+        return [i for i, (g, _) in enumerate(self.slots) if states[g] != "CREATED"]
 
     def options(self, index: int) -> dict[str, Any]:
         """Ray options that put an actor into bundle ``index``."""
@@ -118,6 +123,8 @@ class Residency:
     generators: list[Any]
     judges: list[Any]
     log: list[dict[str, Any]] = field(default_factory=list)
+    # How long a call waits for an actor that Ray is restarting (a lost node's, see ``resources.node_wait_s``).
+    wait_s: float = NODE_WAIT_S
 
     def enter(self, stage: str) -> None:
         calls = {
@@ -128,5 +135,27 @@ class Residency:
         }[stage]
         started = time.perf_counter()
         for actors, method, args in calls:  # releases first, so the next role finds the memory free
-            ray.get([getattr(a, method).remote(*args) for a in actors])
+            _on_every(actors, method, args, self.wait_s)
         self.log.append({"stage": stage, "seconds": time.perf_counter() - started})
+
+
+def _on_every(actors: list[Any], method: str, args: tuple, wait_s: float, every_s: float = 5.0) -> None:
+    """``actor.<method>(*args)`` on every actor; one that Ray is restarting (its node lost) is called again once it
+    is back, for up to ``wait_s``."""
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+    deadline, pending = time.monotonic() + wait_s, list(actors)
+    while True:
+        refs = [(a, getattr(a, method).remote(*args)) for a in pending]
+        pending, last = [], None
+        for actor, ref in refs:
+            try:  # a call queued for an actor that waits for its node ends at the deadline
+                ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except (RayActorError, ActorUnavailableError, GetTimeoutError) as err:
+                pending.append(actor)
+                last = err
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ActorsLost(lost_message(method, wait_s, f"{len(pending)} actors; last: {last}"))
+        time.sleep(every_s)

@@ -20,7 +20,7 @@ from sppo_ray.data.prompts import Prompt
 from sppo_ray.data.trl_format import trl_preference_table
 from sppo_ray.errors import RunFailedError, RunStateError, UserError
 from sppo_ray.generation.stage import GENERATION_SCHEMA, run_generation_stage
-from sppo_ray.judging.stage import build_training_table, run_judging_stage
+from sppo_ray.judging.stage import JUDGED_SCHEMA, build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
 from sppo_ray.orchestration.chunks import StageChunks
 from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stale_local_cluster
@@ -191,20 +191,12 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     sampling = {f: getattr(config.generation, f) for f in config.generation.SAMPLING_FIELDS}
     chunks = StageChunks(rd, t, "generate", config.generation.chunk_prompts, {**inputs, "sampling": sampling},
                          GENERATION_SCHEMA)
-    finished = chunks.load()
-    if finished is not None:
-        print(f"round {t} generate: {finished.num_rows} of {len(prompts)} prompts from the interrupted "
-              "execution's chunks", flush=True)
+    finished = chunks.resume(len(prompts))
     if progress is not None:
         progress.stage(t, "generate", total=len(prompts), already=0 if finished is None else finished.num_rows)
-
-    def on_rows(rows: pa.Table) -> None:
-        chunks.add(rows)
-        if progress is not None:
-            progress.add(rows.num_rows)
-
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation,
-                                  finished=finished, on_rows=on_rows)
+                                  finished=finished, on_rows=chunks.sink(progress),
+                                  wait_s=config.resources.node_wait_s)
     if progress is not None:
         progress.add(len(result.rejects))  # handled too: skipped, so that the stage ends at total/total
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
@@ -224,15 +216,21 @@ def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session,
         return rd.read_parquet(rel)
     session.enter("judge")
     instructions = {p.id: p.instructions_json for p in prompts if p.instructions}  # for the verifier judge
+    inputs = rd.done(t, "generate")["outputs"]
+    judge = {"model": config.models.judge, **{f: getattr(config.judge, f) for f in config.judge.TABLE_FIELDS}}
+    chunks = StageChunks(rd, t, "judge", config.judge.chunk_prompts, {**inputs, "judge": judge}, JUDGED_SCHEMA)
+    finished = chunks.resume(generated.num_rows)
     if progress is not None:
-        progress.stage(t, "judge", total=generated.num_rows)
+        progress.stage(t, "judge", total=generated.num_rows, already=0 if finished is None else finished.num_rows)
     result = run_judging_stage(generated, session.judge_actors, config.judge, instructions,
-                               on_rows=None if progress is None else lambda rows: progress.add(rows.num_rows))
+                               on_rows=chunks.sink(progress), finished=finished,
+                               wait_s=config.resources.node_wait_s)
     digest = rd.write_parquet(rel, result.table)
-    rd.record(t, "judge", outputs={rel: digest}, seconds=result.seconds, pairs=result.pairs,
-              inputs=rd.done(t, "generate")["outputs"],
-              judge_seconds=result.judge_seconds)
+    rd.record(t, "judge", outputs={rel: digest}, seconds=result.seconds, pairs=result.pairs, inputs=inputs,
+              judge_seconds=result.judge_seconds, **({"from_chunks": result.reused} if result.reused else {}))
+    chunks.clear()
     return result.table
+
 
 
 def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
@@ -291,18 +289,45 @@ def _failed(err: Exception, rd: RunDir, where: dict[str, Any]) -> RunFailedError
 
     logs = Path(rd.local_path("logs"))
     logs.mkdir(parents=True, exist_ok=True)
-    cause = getattr(err, "cause", None)  # a role's own exception inside Ray's RayTaskError
-    cause = cause if isinstance(cause, Exception) else err
+    cause = _role_error(err)
     parts = traceback.format_exception(err)
     if cause is not err:  # the role's own error and its remote traceback, as Ray carried them
         parts += ["\nin the role:\n", getattr(err, "traceback_str", "") or "", *traceback.format_exception(cause)]
     (logs / "driver-traceback.log").write_text("".join(parts))
-    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:300]
+    name = type(cause).__name__
+    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    if name == "UserCodeException":  # Ray Data's wrapper, carried without its cause: the task's error is in the text
+        name, text = _task_error_line(str(err)) or (name, text)
     role = getattr(err, "function_name", None)  # e.g. GeneratorActor.generate
     stage = f"round {where['round']} {where['stage']}" if "stage" in where else "start-up"
-    return RunFailedError(f"{stage} failed{f' in {role}' if role else ''}: {type(cause).__name__}: {text}\n"
+    return RunFailedError(f"{stage} failed{f' in {role}' if role else ''}: {name}: {text[:300]}\n"
                           f"  traceback: {logs / 'driver-traceback.log'}; each role's output: {logs}/ "
                           "(--verbose prints it all here); `sppo-ray resume` continues from the last finished stage")
+
+
+def _task_error_line(text: str) -> tuple[str, str] | None:
+    """(class name, message) of the first error line of a remote traceback that is not one of Ray's wrappers."""
+    import re
+
+    for line in text.splitlines():
+        found = re.match(r"^((?:[A-Za-z_]\w*\.)*)([A-Z]\w*): (\S.*)$", line.strip())
+        if found and not found.group(1).startswith("ray."):
+            return found.group(2), found.group(3)
+    return None
+
+
+def _role_error(err: BaseException) -> BaseException:
+    """The error a role (or a Ray Data task of a stage) raised, out of Ray's wrappers around it: RayTaskError's
+    ``cause``, and Ray Data's UserCodeException ("UDF failed to process a data block") raised from it."""
+    for _ in range(8):
+        inner = getattr(err, "cause", None)
+        if not isinstance(inner, BaseException) or inner is err:
+            inner = err.__cause__ if type(err).__name__ == "UserCodeException" or \
+                type(err).__name__.startswith("RayTaskError") else None
+        if not isinstance(inner, BaseException):
+            return err
+        err = inner
+    return err
 
 
 def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:

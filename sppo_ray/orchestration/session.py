@@ -110,7 +110,7 @@ class Session:
             ray.get([g.sleep.remote() for g in generators])
         judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, res, colocation)
         weights = PolicyWeights(0, path=str(policy_path))
-        residency = Residency(generators, judges) if colocation else None
+        residency = Residency(generators, judges, wait_s=res.node_wait_s) if colocation else None
         session = cls(generators, judges, policy_path, 0, weights, time.perf_counter() - started, colocation, residency)
         session.enter("generate")
         return session
@@ -161,6 +161,7 @@ class Session:
             "placement_groups": sorted({b["placement_group_id"] for b in bundles}),
             "strategy": sorted({b["strategy"] for b in bundles}),
             "bundles": bundles,
+            "waiting_bundles": self.colocation.waiting(),  # their node lost, none with room for them joined yet
             **self.placement_report(),  # generators and judges
             "stages": list(self.residency.log),
             "generator_sleep": ray.get([a.sleep_events.remote() for a in self.generator_actors]),

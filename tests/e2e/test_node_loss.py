@@ -1,13 +1,16 @@
 """A lost node costs only the work in flight on it (issue 23), shown on the shared multi-node cluster: the node
 that hosts the generator is removed mid-generation (its raylet and workers killed, as a lost pod) and a replacement
 joins, as KubeRay replaces a pod; then, the same, a node of a train worker mid-fit. Round 0 finishes with the data
-and π_1 of the shared e2e run (the same job and seeds, undisturbed, on the session's one-node cluster)."""
+and π_1 of the shared e2e run (the same job and seeds, undisturbed, on the session's one-node cluster). A judging
+stage loses its judge's node the same way, and the colocated layout loses a node of its bundles, first with no
+replacement (the stage stops after resources.node_wait_s, saying so), then with one."""
 
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +90,62 @@ def test_nodes_lost_mid_generation_and_mid_training_lose_nothing(multinode, mult
     assert lost_in_fit not in {r["node_id"] for r in ranks}
     theirs = json.loads((reference / "manifest.json").read_text())["stages"]["round_0/train"]["outputs"]
     assert manifest["stages"]["round_0/train"]["outputs"] == theirs
+
+
+def test_a_lost_nodes_colocated_bundles_come_back_on_a_replacement_node(multinode, multinode_env):
+    """Colocated layout, 2 nodes of 1 logical GPU: a node lost with no replacement stops the round's residency
+    calls after resources.node_wait_s with the message that says so; once a replacement node joins, Ray re-reserves
+    the lost node's bundle there and restarts its role, and the same calls go through."""
+    multinode.shape(2, 1, 3)
+    proc, report = _driver("colocated", multinode_env)
+    try:
+        placed = report()
+        assert placed["groups"] == 2 and len(set(placed["nodes"])) == 2  # a STRICT_PACK group on each node
+        lost = placed["nodes"][1]
+        multinode.remove_node(multinode.worker(lost), graceful=False)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        stopped = report()
+        assert stopped["waiting"] == [1]  # the lost node's bundle, and only it
+        assert stopped["error"] and "no actor answered for 20 s (resources.node_wait_s)" in stopped["error"]
+        assert "sppo-ray resume" in stopped["error"]
+        replacement = multinode.add_node(1, 3)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        replaced = report()
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert replaced["waiting"] == []
+    assert replaced["nodes"] == [placed["nodes"][0], replacement.node_id]  # the survivor stayed where it was
+
+
+def _driver(mode: str, env: dict[str, str]):
+    """node_loss_driver.py in ``mode`` on the cluster, and a function reading its next report."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "node_loss_driver.py"), mode], env=env,
+                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def report() -> dict:
+        line = proc.stdout.readline()
+        assert line, f"the driver ended (exit {proc.wait(timeout=60)})"
+        return json.loads(line)
+
+    return proc, report
+
+
+def test_a_node_lost_mid_judging_costs_only_its_calls_in_flight(multinode, multinode_env):
+    """The judge's node is removed while a 6,000-prompt judging stage runs and a replacement joins: the judge
+    restarts elsewhere, its batches are retried, and the stage's table equals the undisturbed one's."""
+    multinode.shape(2, 0, 2)
+    proc, report = _driver("judging", multinode_env)
+    try:
+        lost = report()["node"]
+        multinode.remove_node(multinode.worker(lost), graceful=False)
+        multinode.add_node(0, 2)
+        judged = report()
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert judged["equal"] and judged["rows"] == 6000 and judged["pairs"] == 6000 * 20
+    assert judged["now"] != lost
+    print(f"judging undisturbed / disturbed: {judged['seconds'][0]:.1f} / {judged['seconds'][1]:.1f} s")

@@ -341,3 +341,66 @@ def test_replicated_judge_spreads_a_call_over_every_replica_in_order(ray_cluster
             ray.kill(a)
     assert got.tolist() == LengthJudge("shorter").pair_logits(prompts, first, second).tolist()
     assert len(got) == len(obvious_pairs) > 3
+
+
+def test_an_interrupted_judging_resumes_with_the_prompts_no_chunk_holds(ray_cluster, tmp_path, monkeypatch):
+    """A driver stopped after two chunks of the judging stage: the next execution judges only the other prompts,
+    and writes the same tables.parquet as an uninterrupted stage."""
+    import pyarrow as pa
+
+    from sppo_ray.config import parse_config
+    from sppo_ray.generation.stage import GENERATION_SCHEMA
+    from sppo_ray.orchestration import driver
+    from sppo_ray.orchestration.chunks import StageChunks
+    from sppo_ray.orchestration.rundir import RunDir
+    from sppo_ray.orchestration.session import Session
+
+    rows = [{"prompt_id": f"p{n}", "messages_json": json.dumps([{"role": "user", "content": f"q{n}"}]),
+             "prompt_token_ids": [1], "responses": ["x" * (n % 3 + 1), "y" * (n % 5 + 2), "z" * 4],
+             "response_token_ids": [[4], [5], [6]], "num_tokens": [1, 1, 1], "finish_reasons": ["stop"] * 3,
+             "policy_version": 0, "truncated": False} for n in range(12)]
+    generated = pa.Table.from_pylist(rows, schema=GENERATION_SCHEMA)
+    config = parse_config({"judge": {"kind": "length", "batch_size": 6, "chunk_prompts": 4}})  # 4 prompts a batch
+    actors = build_judge_actors(None, config.judge, ResourcesConfig(judges=1, judge_cpus=0.5))
+    session = Session([], actors, Path("unused"))
+
+    def run_dir(name: str) -> RunDir:
+        rd = RunDir(str(tmp_path / name))
+        rel = "round_0/responses.parquet"
+        rd.record(0, "generate", outputs={rel: rd.write_parquet(rel, generated)}, seconds=0.0)
+        return rd
+
+    class Killed(Exception):
+        pass
+
+    real_add, real_stage, asked = StageChunks.add, driver.run_judging_stage, []
+
+    def add_then_die(self, rows):
+        real_add(self, rows)
+        if self.written == 2:
+            raise Killed
+
+    def spy(generated, *args, finished=None, **kwargs):
+        asked.append(generated.num_rows - (0 if finished is None else finished.num_rows))
+        return real_stage(generated, *args, finished=finished, **kwargs)
+
+    try:
+        whole_dir = run_dir("whole")
+        whole = driver._judge(0, [], generated, session, whole_dir, config)
+        rd = run_dir("cut")
+        monkeypatch.setattr(StageChunks, "add", add_then_die)
+        with pytest.raises(Killed):
+            driver._judge(0, [], generated, session, rd, config)
+        assert rd.done(0, "judge") is None
+        assert sum(c["rows"] for c in rd.manifest()["chunks"]["round_0/judge"]["files"]) == 8
+        monkeypatch.setattr(StageChunks, "add", real_add)
+        monkeypatch.setattr(driver, "run_judging_stage", spy)
+        again = driver._judge(0, [], generated, session, rd, config)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    assert asked == [4]  # only the prompts no chunk held
+    assert again.equals(whole)
+    assert rd.read_bytes("round_0/tables.parquet") == whole_dir.read_bytes("round_0/tables.parquet")
+    assert rd.done(0, "judge")["from_chunks"] == 8 and rd.done(0, "judge")["pairs"] == 12 * 6
+    assert not rd.exists("round_0/chunks_judge") and "round_0/judge" not in rd.manifest()["chunks"]

@@ -77,6 +77,38 @@ def test_a_failed_stage_is_one_line_naming_it_with_the_traceback_in_the_run_dir(
     assert "the engine ran out of KV cache blocks" in (tmp_path / "logs" / "driver-traceback.log").read_text()
 
 
+def test_a_stage_whose_lost_actors_never_came_back_says_so_in_its_one_line(tmp_path):
+    """Ray Data wraps a forwarding task's error twice (RayTaskError of a UserCodeException raised from it): the
+    one line shows ours, which names resources.node_wait_s and `sppo-ray resume`."""
+    import ray.exceptions
+    from ray.exceptions import UserCodeException
+
+    from sppo_ray.actor_pool import ActorsLost, lost_message
+    from sppo_ray.orchestration.driver import _failed
+    from sppo_ray.orchestration.rundir import RunDir
+
+    try:
+        try:
+            raise ActorsLost(lost_message("generate", 900, "40 attempts; last: ActorUnavailableError"))
+        except ActorsLost as lost:
+            raise UserCodeException("UDF failed to process a data block.") from lost
+    except UserCodeException as udf:
+        err = ray.exceptions.RayTaskError("MapBatches(_forward)", "Traceback ...", udf)
+    first = str(_failed(err, RunDir(str(tmp_path)), {"round": 0, "stage": "generate"})).splitlines()[0]
+    assert first.startswith("round 0 generate failed in MapBatches(_forward): ActorsLost: generate: no actor "
+                            "answered for 900 s (resources.node_wait_s)"), first
+    assert "40 attempts" not in first  # the detail is in the traceback file
+    # as Ray carries it to the driver: the wrapper without its cause, the task's error only in the remote traceback
+    remote = ("\x1b[36mray::MapBatches(_forward)()\x1b[39m (pid=1, ip=10.0.0.1)\n  File \"actor_pool.py\", line 9\n"
+              "sppo_ray.actor_pool.ActorsLost: generate: no actor answered for 900 s (resources.node_wait_s): ...\n"
+              "(40 attempts)\n\nThe above exception was the direct cause of the following exception:\n\n"
+              "ray.exceptions.UserCodeException: UDF failed to process a data block.")
+    carried = ray.exceptions.RayTaskError("MapBatches(_forward)", remote, UserCodeException("UDF failed"))
+    first = str(_failed(carried, RunDir(str(tmp_path)), {"round": 0, "stage": "generate"})).splitlines()[0]
+    assert first.startswith("round 0 generate failed in MapBatches(_forward): ActorsLost: generate: no actor "
+                            "answered for 900 s (resources.node_wait_s)"), first
+
+
 def test_the_driver_hands_its_log_dir_to_the_roles_it_starts_not_to_itself(monkeypatch, tmp_path):
     import os
 
