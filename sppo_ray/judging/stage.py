@@ -140,8 +140,10 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
             [instructions.get(pid, "") for pid in rows.column("prompt_id").to_pylist()], pa.string()))
     tables, records = [finished] if finished is not None else [], []
     if rows.num_rows:
+        # one block per batch: a single block would be one task, judged by one replica with the others idle
+        blocks = [rows.slice(i, rows_per_batch) for i in range(0, rows.num_rows, rows_per_batch)]
         table, records = stream_through_actors(
-            ray.data.from_arrow(rows), judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA,
+            ray.data.from_arrow(blocks), judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA,
             batch_size=rows_per_batch, per_actor=CALLS_PER_JUDGE, on_block=on_rows, wait_s=wait_s,
         )
         tables.append(table)
