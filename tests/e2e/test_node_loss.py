@@ -92,6 +92,7 @@ def test_nodes_lost_mid_generation_and_mid_training_lose_nothing(multinode, mult
     assert manifest["stages"]["round_0/train"]["outputs"] == theirs
 
 
+@pytest.mark.skip(reason="written 2026-12-03 and never run yet (the session ran out): run it, then drop this mark")
 def test_a_lost_nodes_colocated_bundles_come_back_on_a_replacement_node(multinode, multinode_env):
     """Colocated layout, 2 nodes of 1 logical GPU: a node lost with no replacement stops the round's residency
     calls after resources.node_wait_s with the message that says so; once a replacement node joins, Ray re-reserves
@@ -133,6 +134,7 @@ def _driver(mode: str, env: dict[str, str]):
     return proc, report
 
 
+@pytest.mark.skip(reason="written 2026-12-03 and never run yet (the session ran out): run it, then drop this mark")
 def test_a_node_lost_mid_judging_costs_only_its_calls_in_flight(multinode, multinode_env):
     """The judge's node is removed while a 6,000-prompt judging stage runs and a replacement joins: the judge
     restarts elsewhere, its batches are retried, and the stage's table equals the undisturbed one's."""
