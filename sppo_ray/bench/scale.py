@@ -3,8 +3,9 @@
 Each size gets fresh long-lived actors (their start-up is reported apart) and runs the driver's own ``run_round``
 on tiny random models of the config's architectures, so the cost measured is the orchestration's, not a model's.
 In the same run a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling; before and after the round,
-on up to 1,000 of its prompts) gives the generation baseline. Per size: seconds and seconds per 1,000 prompts of each stage, the pipeline / bare generation
-throughput, the driver's and object store's peaks while the round ran, and the Parquet sizes. The driver's growth
+on up to 1,000 of its prompts) gives the generation baseline. Per size: seconds and seconds per 1,000 prompts of
+each stage, the pipeline / bare generation throughput, the driver's and object store's peaks while the round ran,
+and the Parquet sizes. The driver's growth
 is set beside the Arrow bytes of the round's tables it holds, and both are extrapolated to the paper's round.
 """
 

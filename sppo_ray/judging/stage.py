@@ -149,7 +149,7 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
         tables.append(table)
     table = in_order(pa.concat_tables(tables) if tables else JUDGED_SCHEMA.empty_table(), "prompt_id",
                      generated.column("prompt_id").to_pylist())
-    reused_pairs = 0 if finished is None else sum(k * (k - 1) for k in finished.column("k").to_pylist())
+    reused_pairs = 0 if finished is None else sum(n * (n - 1) for n in finished.column("k").to_pylist())
     return JudgingResult(
         table,
         sum(r["pairs"] for r in records) + reused_pairs,

@@ -232,7 +232,6 @@ def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session,
     return result.table
 
 
-
 def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
     rel = f"round_{t}/train.parquet"
     if rd.done(t, "dataset"):
@@ -317,17 +316,13 @@ def _task_error_line(text: str) -> tuple[str, str] | None:
 
 
 def _role_error(err: BaseException) -> BaseException:
-    """The error a role (or a Ray Data task of a stage) raised, out of Ray's wrappers around it: RayTaskError's
-    ``cause``, and Ray Data's UserCodeException ("UDF failed to process a data block") raised from it."""
-    for _ in range(8):
-        inner = getattr(err, "cause", None)
-        if not isinstance(inner, BaseException) or inner is err:
-            inner = err.__cause__ if type(err).__name__ == "UserCodeException" or \
-                type(err).__name__.startswith("RayTaskError") else None
-        if not isinstance(inner, BaseException):
-            return err
-        err = inner
-    return err
+    """The error a role raised, out of Ray's RayTaskError (its ``cause``) and, for a Ray Data task, out of the
+    UserCodeException raised from it where the chain survived."""
+    cause = getattr(err, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else err
+    if type(cause).__name__ == "UserCodeException" and cause.__cause__ is not None:
+        return cause.__cause__
+    return cause
 
 
 def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:
