@@ -3,7 +3,7 @@ lines, and the test removes and adds nodes between them (it never connects to th
 
 ``colocated``: the colocated layout's bundles, with a stand-in role actor per bundle answering the residency calls a
 round makes (sleep, wake_up, offload, onload); it waits for a line on stdin between its phases.
-``judging``: a judging stage of 6,000 prompts x K = 5 with the scripted length judge, once undisturbed and once
+``judging``: a judging stage of 1,500 prompts x K = 5 with the scripted length judge, once undisturbed and once
 while the test takes the judge's node away."""
 
 from __future__ import annotations
@@ -45,12 +45,15 @@ def colocated() -> None:
     residency = Residency(roles[:1], roles[1:], wait_s=res.node_wait_s)
     say(phase="placed", nodes=ray.get([r.node.remote() for r in roles]), groups=len(colocation.groups))
     sys.stdin.readline()  # the test removed a node and added none
-    waiting = colocation.waiting()
+    deadline = time.monotonic() + 120
+    while not colocation.waiting() and time.monotonic() < deadline:  # until Ray has marked the node dead (its
+        time.sleep(0.5)  # actors answer direct calls until their processes see the raylet gone)
     try:
         residency.enter("judge")
-        say(phase="no node", waiting=waiting, error=None)
+        error = None
     except ActorsLost as err:
-        say(phase="no node", waiting=waiting, error=str(err))
+        error = str(err)
+    say(phase="no node", waiting=colocation.waiting(), error=error)
     sys.stdin.readline()  # the test added a replacement node
     started = time.monotonic()
     residency.enter("train")  # waits (up to node_wait_s) for the bundle and its role to come back
@@ -64,13 +67,13 @@ def judging() -> None:
     from sppo_ray.generation.stage import GENERATION_SCHEMA
     from sppo_ray.judging.stage import build_judge_actors, run_judging_stage
 
-    k, n = 5, 6000
+    k, n = 5, 1500
     rows = [{"prompt_id": f"p{i}", "messages_json": json.dumps([{"role": "user", "content": f"q{i}"}]),
              "prompt_token_ids": [1], "responses": ["x" * ((i * 7 + j * 13) % 23 + 1) for j in range(k)],
              "response_token_ids": [[2]] * k, "num_tokens": [1] * k, "finish_reasons": ["stop"] * k,
              "policy_version": 0, "truncated": False} for i in range(n)]
     generated = pa.Table.from_pylist(rows, schema=GENERATION_SCHEMA)
-    cfg = JudgeConfig(kind="length", batch_size=16)  # 3 prompts a call: 2,000 calls
+    cfg = JudgeConfig(kind="length", batch_size=16)  # 3 prompts a call: 500 calls
     judges = build_judge_actors(None, cfg, ResourcesConfig(judges=1, judge_cpus=1))
     whole = run_judging_stage(generated, judges, cfg)
     lost = ray.get(judges[0].placement.remote())["node_id"]
@@ -88,5 +91,5 @@ def judging() -> None:
 
 
 if __name__ == "__main__":
-    ray.init()
+    ray.init(log_to_driver=False)  # stdout carries the reports only
     {"colocated": colocated, "judging": judging}[sys.argv[1]]()

@@ -92,7 +92,6 @@ def test_nodes_lost_mid_generation_and_mid_training_lose_nothing(multinode, mult
     assert manifest["stages"]["round_0/train"]["outputs"] == theirs
 
 
-@pytest.mark.skip(reason="written 2026-12-03 and never run yet (the session ran out): run it, then drop this mark")
 def test_a_lost_nodes_colocated_bundles_come_back_on_a_replacement_node(multinode, multinode_env):
     """Colocated layout, 2 nodes of 1 logical GPU: a node lost with no replacement stops the round's residency
     calls after resources.node_wait_s with the message that says so; once a replacement node joins, Ray re-reserves
@@ -127,16 +126,16 @@ def _driver(mode: str, env: dict[str, str]):
                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def report() -> dict:
-        line = proc.stdout.readline()
-        assert line, f"the driver ended (exit {proc.wait(timeout=60)})"
-        return json.loads(line)
+        while line := proc.stdout.readline():
+            if line.startswith("{"):  # Ray may still print a line of its own (a raylet's death)
+                return json.loads(line)
+        raise AssertionError(f"the driver ended (exit {proc.wait(timeout=60)})")
 
     return proc, report
 
 
-@pytest.mark.skip(reason="written 2026-12-03 and never run yet (the session ran out): run it, then drop this mark")
 def test_a_node_lost_mid_judging_costs_only_its_calls_in_flight(multinode, multinode_env):
-    """The judge's node is removed while a 6,000-prompt judging stage runs and a replacement joins: the judge
+    """The judge's node is removed while a 1,500-prompt judging stage runs and a replacement joins: the judge
     restarts elsewhere, its batches are retried, and the stage's table equals the undisturbed one's."""
     multinode.shape(2, 0, 2)
     proc, report = _driver("judging", multinode_env)
@@ -148,6 +147,6 @@ def test_a_node_lost_mid_judging_costs_only_its_calls_in_flight(multinode, multi
     finally:
         proc.kill()
         proc.wait(timeout=60)
-    assert judged["equal"] and judged["rows"] == 6000 and judged["pairs"] == 6000 * 20
+    assert judged["equal"] and judged["rows"] == 1500 and judged["pairs"] == 1500 * 20
     assert judged["now"] != lost
     print(f"judging undisturbed / disturbed: {judged['seconds'][0]:.1f} / {judged['seconds'][1]:.1f} s")
