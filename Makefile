@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit clean-runs
+.PHONY: setup demo test test-unit test-slow clean-runs
 
 setup:
 	@bash scripts/setup.sh
@@ -13,10 +13,14 @@ demo: setup
 
 test: setup
 	@bash scripts/test-tools.sh
-	$(PY) -m pytest tests -m "unit or integration or e2e" --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "(unit or integration or e2e) and not slow" --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests -m unit $(PYTEST_ARGS)
+
+# The tests `make test` leaves out for CI's time: every benchmark at its smallest size, the Llama rehearsal.
+test-slow: setup
+	$(PY) -m pytest tests -m slow --durations=10 $(PYTEST_ARGS)
 
 clean-runs:
 	rm -rf runs bench-results

@@ -7,7 +7,7 @@ import json
 import pytest
 from e2e_helpers import cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~6-10 min on 2 cores: `make test-slow`, not CI
 
 
 def test_tiny_benchmarks_write_their_json(cli_env, tmp_path):

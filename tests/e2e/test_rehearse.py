@@ -83,6 +83,7 @@ def test_rehearsal_runs_the_configs_rounds_and_resumes(mistral_two_nodes):
     assert "logical_gpus: true" in config and "table: reference" in config and "loss: sppo" in config
 
 
+@pytest.mark.slow  # ~5 min; the Mistral rehearsal shows the colocated layout in CI: `make test-slow`
 def test_paper_llama_keeps_its_colocated_layout_on_one_node(multinode, multinode_env, tmp_path):
     # one node of 2 (not the paper's 8, nor 4: CI's time); the Mistral rehearsal above has 2 GPUs a node as well
     result = _rehearse(multinode, multinode_env, tmp_path / "llama", LLAMA, 1, 2)

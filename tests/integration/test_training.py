@@ -88,13 +88,6 @@ def test_export_is_the_trained_model(trained):
     _assert_export_is_the_trained_model(trained.model_dir)
 
 
-def test_zero3_fit_exports_the_gathered_model(ray_cluster, embedded_policy, train_parquet, tmp_path):
-    result = run_training(str(train_parquet), str(embedded_policy), tmp_path / "model", _config(zero_stage=3, epochs=1),
-                          RES, storage_path=str(tmp_path / "ray_train"), name="fit-zero3")
-    assert len(result.metrics) == 2
-    _assert_export_is_the_trained_model(result.model_dir)
-
-
 @pytest.fixture(scope="module")
 def trained_zero3_bf16(ray_cluster, embedded_policy, train_parquet, tmp_path_factory):
     """The paper's training set-up on CPU: ZeRO-3, bf16, gradient checkpointing; export shards of at most 60 MB."""
@@ -129,6 +122,8 @@ def test_export_is_bf16_sharded_with_an_index(trained_zero3_bf16):
         with safe_open(str(shard), "pt") as f:
             dtypes |= {f.get_slice(k).get_dtype() for k in f.keys()}
     assert dtypes == {"BF16"}
+    # the ZeRO-3 export gathers every partition (a missing one would be far off; the fp32 ZeRO-3 fit of the same
+    # check was dropped for CI's time: ZeRO 2's fit checks the export at 1e-3)
     _assert_export_is_the_trained_model(model_dir, dtype=torch.bfloat16, abs_tol=0.5)
 
 
