@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
-__all__ = ["NODE_WAIT_S", "ActorsLost", "StaleState", "in_order", "shutdown_pool", "stream_through_actors"]
+__all__ = ["NODE_WAIT_S", "ActorsLost", "StaleState", "call_every", "in_order", "shutdown_pool",
+           "stream_through_actors"]
 
 
 class StaleState(RuntimeError):
@@ -93,8 +95,6 @@ def shutdown_pool(actors: list[Any]) -> None:
 def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]], kwargs, recover,
                      wait_s: float = NODE_WAIT_S) -> dict[str, Any]:
     """``actor.<method>.remote(rows, **kwargs)``; on a dead actor try the next one, on a stale one ``recover`` it."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
-
     deadline, attempt = time.monotonic() + wait_s, 0
     while True:
         actor = actors[(slot + attempt) % len(actors)]
@@ -115,6 +115,29 @@ def _call_with_retry(actors, slot: int, method: str, rows: list[dict[str, Any]],
         if time.monotonic() > deadline:
             raise ActorsLost(lost_message(method, wait_s, f"{attempt} attempts; last: {last_error}"))
         time.sleep(_RETRY_WAIT_S)
+
+
+def call_every(actors: list[Any], method: str, args: tuple = (), *, wait_s: float = NODE_WAIT_S,
+               retry_on: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError),
+               every_s: float = _RETRY_WAIT_S) -> list[Any]:
+    """``actor.<method>(*args)`` on every actor, the results in order. An actor that Ray is restarting (its process
+    died, its node was lost) is called again every ``every_s`` once it is back, for up to ``wait_s``; then
+    :class:`ActorsLost` names the method. An error not in ``retry_on`` (an actor dead for good) raises at once."""
+    deadline, results, pending = time.monotonic() + wait_s, {}, list(range(len(actors)))
+    while True:
+        refs = [(i, getattr(actors[i], method).remote(*args)) for i in pending]
+        pending, last = [], None
+        for i, ref in refs:
+            try:  # a call queued for an actor that waits for its node ends at the deadline
+                results[i] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except (*retry_on, ray.exceptions.GetTimeoutError) as err:
+                pending.append(i)
+                last = err
+        if not pending:
+            return [results[i] for i in range(len(actors))]
+        if time.monotonic() > deadline:
+            raise ActorsLost(lost_message(method, wait_s, f"{len(pending)} actors; last: {last}"))
+        time.sleep(every_s)
 
 
 def lost_message(what: str, wait_s: float, detail: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from sppo_ray.actor_pool import NODE_WAIT_S, ActorsLost, lost_message
+from sppo_ray.actor_pool import NODE_WAIT_S, call_every
 from sppo_ray.config import ResourcesConfig
 from sppo_ray.placement import assign_bundles, bundle_shape, bundles_on_node
 
@@ -135,27 +135,6 @@ class Residency:
         }[stage]
         started = time.perf_counter()
         for actors, method, args in calls:  # releases first, so the next role finds the memory free
-            _on_every(actors, method, args, self.wait_s)
+            call_every(actors, method, args, wait_s=self.wait_s)
         self.log.append({"stage": stage, "seconds": time.perf_counter() - started})
 
-
-def _on_every(actors: list[Any], method: str, args: tuple, wait_s: float, every_s: float = 5.0) -> None:
-    """``actor.<method>(*args)`` on every actor; one that Ray is restarting (its node lost) is called again once it
-    is back, for up to ``wait_s``."""
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
-
-    deadline, pending = time.monotonic() + wait_s, list(actors)
-    while True:
-        refs = [(a, getattr(a, method).remote(*args)) for a in pending]
-        pending, last = [], None
-        for actor, ref in refs:
-            try:  # a call queued for an actor that waits for its node ends at the deadline
-                ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-            except (RayActorError, ActorUnavailableError, GetTimeoutError) as err:
-                pending.append(actor)
-                last = err
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise ActorsLost(lost_message(method, wait_s, f"{len(pending)} actors; last: {last}"))
-        time.sleep(every_s)

@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from safetensors.torch import load_file
 
-from sppo_ray.actor_pool import shutdown_pool
+from sppo_ray.actor_pool import NODE_WAIT_S, call_every, shutdown_pool
 from sppo_ray.config import RunConfig
 from sppo_ray.contracts import PolicyWeights
 from sppo_ray.generation.stage import build_generator_actors, push_weights
@@ -46,28 +46,11 @@ def init_ray(config: RunConfig) -> bool:
     return True
 
 
-def _restart(actors: list[Any]) -> None:
+def _restart(actors: list[Any], wait_s: float) -> None:
     """Kill actors so that Ray restarts them (their ``max_restarts``), and wait until each is up again."""
     for actor in actors:
         ray.kill(actor, no_restart=False)
-    _ready(actors, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
-
-
-def _ready(actors: list[Any], retry_on: tuple[type, ...] = (ray.exceptions.ActorUnavailableError,),
-           attempts: int = 120) -> list[dict[str, Any]]:
-    """Each actor's ``ready()``, waiting (5 s apart) while Ray restarts one that died (its process, its node);
-    one that died for good raises at once."""
-    out = []
-    for actor in actors:
-        for attempt in range(attempts):
-            try:
-                out.append(ray.get(actor.ready.remote()))
-                break
-            except retry_on:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(5)
-    return out
+    call_every(actors, "ready", wait_s=wait_s)
 
 
 def object_store_weights(model_dir: Path, version: int) -> PolicyWeights:
@@ -97,6 +80,8 @@ class Session:
     # How each round's broadcast reached the generators: "trainer" (handed over by the train workers) or
     # "files"/"object store".
     broadcasts: list[str] = field(default_factory=list)
+    # How long a call waits for a role that Ray is restarting (``resources.node_wait_s``).
+    wait_s: float = NODE_WAIT_S
 
     @classmethod
     def start(cls, config: RunConfig, policy_path: Path, judge_path: Path | None) -> "Session":
@@ -111,7 +96,8 @@ class Session:
         judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, res, colocation)
         weights = PolicyWeights(0, path=str(policy_path))
         residency = Residency(generators, judges, wait_s=res.node_wait_s) if colocation else None
-        session = cls(generators, judges, policy_path, 0, weights, time.perf_counter() - started, colocation, residency)
+        session = cls(generators, judges, policy_path, 0, weights, time.perf_counter() - started, colocation, residency,
+                      wait_s=res.node_wait_s)
         session.enter("generate")
         return session
 
@@ -132,12 +118,14 @@ class Session:
         """
         started = time.perf_counter()
         self.enter("broadcast")
-        held = [r["version"] for r in _ready(self.generator_actors)]  # a restarted one holds π_0: it is loaded
+        # a restarted generator holds π_0: it is loaded below
+        held = [r["version"] for r in call_every(self.generator_actors, "ready", wait_s=self.wait_s,
+                                                 retry_on=(ray.exceptions.ActorUnavailableError,))]
         if all(v == weights.version for v in held):
             via = "trainer"
         else:
             if after_transfer:
-                _restart([a for a, v in zip(self.generator_actors, held) if v != weights.version])
+                _restart([a for a, v in zip(self.generator_actors, held) if v != weights.version], self.wait_s)
             push_weights(self.generator_actors, weights)
             via = "files" if weights.path is not None else "object store"
         if record:

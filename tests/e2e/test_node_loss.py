@@ -150,3 +150,63 @@ def test_a_node_lost_mid_judging_costs_only_its_calls_in_flight(multinode, multi
     assert judged["equal"] and judged["rows"] == 1500 and judged["pairs"] == 1500 * 20
     assert judged["now"] != lost
     print(f"judging undisturbed / disturbed: {judged['seconds'][0]:.1f} / {judged['seconds'][1]:.1f} s")
+
+
+@pytest.mark.slow  # ~6 min (two colocated runs on tiny models): `make test-slow`
+def test_a_colocated_round_that_loses_a_node_mid_generation_ends_as_an_undisturbed_one(multinode, multinode_env,
+                                                                                       tmp_path):
+    """The paper's Mistral config in miniature (colocated, 2 nodes x 1 logical GPU, tiny models of its
+    architectures): the node of generator 1's bundle is removed mid-generation and a replacement joins. Ray
+    re-reserves that node's placement group on the replacement and restarts its generator and judge there; the
+    round finishes with the responses, tables, training set and π_1 of an undisturbed run of the same job."""
+    import yaml
+
+    from sppo_ray.config import load_config
+    from sppo_ray.orchestration.rehearse import rehearsal_config, tiny_models
+
+    cpus = 8  # a bundle's generator (2) and judge (1) CPUs, a train worker's 4, one for Ray Data's tasks
+    multinode.shape(2, 1, cpus)
+    paper = load_config(str(REPO / "jobs" / "paper-mistral-7b.yaml"), [])
+    policy, judge = tiny_models(paper, tmp_path / "tiny_models")
+
+    def job(name: str) -> tuple[Path, Path]:
+        data = rehearsal_config(paper, 2, False, tmp_path / name, policy, judge)
+        data.update(iterations=1, eval_at_end=False)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path, tmp_path / name
+
+    config, reference = job("undisturbed")
+    undisturbed = subprocess.run([*CLI, "run", str(config)], env=multinode_env, cwd=REPO, capture_output=True,
+                                 text=True, timeout=1200)
+    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+    config, run_dir = job("disturbed")
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CLI, "run", str(config)], env=multinode_env, cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        placement = run_dir / "placement.json"  # written as the roles start, before round 0 generates
+        nodes = _wait(lambda: placement.exists() and [g["node_id"] for g in
+                                                      json.loads(placement.read_text())["generators"]], proc, log)
+        assert len(set(nodes)) == 2, nodes  # one bundle on each node
+        generated_before = (run_dir / "round_0" / "responses.parquet").exists()
+        started = time.monotonic()
+        multinode.remove_node(multinode.worker(nodes[1]), graceful=False)
+        replacement = multinode.add_node(1, cpus)
+        assert not generated_before, "the generation had finished before the node was lost"
+        assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    print(f"disturbed run: {time.monotonic() - started:.1f} s from the node's loss to its exit")
+    for rel in ("responses.parquet", "tables.parquet", "train.parquet"):
+        ours, theirs = (pq.read_table(d / "round_0" / rel) for d in (run_dir, reference))
+        assert ours.num_rows > 0 and ours.equals(theirs), f"{rel} differs from the undisturbed run's"
+    manifest, theirs = (json.loads((d / "manifest.json").read_text()) for d in (run_dir, reference))
+    assert manifest["stages"]["round_0/train"]["outputs"] == theirs["stages"]["round_0/train"]["outputs"]
+    coloc = json.loads((run_dir / "colocation.json").read_text())  # as the driver left it
+    assert [b["node_id"] for b in coloc["bundles"]] == [nodes[0], replacement.node_id]  # bundle 1 re-reserved
+    assert [g["node_id"] for g in coloc["generators"]] == [nodes[0], replacement.node_id]
+    assert not coloc["waiting_bundles"]
+    ranks = json.loads((run_dir / "round_0" / "model" / "train_ranks.json").read_text())
+    assert {r["node_id"] for r in ranks} == {nodes[0], replacement.node_id}  # the fit on the survivor and replacement

@@ -1,0 +1,54 @@
+"""``call_every``: the one retry loop the driver's calls to every role go through (the colocated residency calls,
+the broadcast's version check, a restart): an actor Ray restarts is called again once it is back; one that stays
+gone ends the wait with the message naming resources.node_wait_s; one dead for good raises at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import ray
+
+from sppo_ray.actor_pool import ActorsLost, call_every
+
+pytestmark = pytest.mark.integration
+
+
+def _counters(ray_cluster, restarts: int) -> list:
+    class Counter:  # defined here: cloudpickle ships it by value (the workers cannot import a test module)
+        def __init__(self, start: int) -> None:
+            self.value = start
+
+        def bump(self, by: int) -> dict:
+            self.value += by
+            return {"value": self.value, "pid": os.getpid()}
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return [ray.remote(Counter).options(num_cpus=0, max_restarts=restarts).remote(10 * i) for i in range(3)]
+
+
+def test_a_restarted_actor_is_called_again_and_results_keep_their_order(ray_cluster):
+    actors = _counters(ray_cluster, restarts=1)
+    pids = ray.get([a.pid.remote() for a in actors])
+    os.kill(pids[1], signal.SIGKILL)  # as a lost process: Ray restarts it (its state starts again)
+    out = call_every(actors, "bump", (1,), wait_s=60, every_s=0.5)
+    assert [o["value"] for o in out] == [1, 11, 21]
+    assert out[1]["pid"] != pids[1] and [o["pid"] for o in out][::2] == pids[::2]
+
+
+def test_an_actor_that_stays_gone_ends_the_wait_naming_it(ray_cluster):
+    actors = _counters(ray_cluster, restarts=0)
+    ray.kill(actors[2])
+    started = time.monotonic()
+    with pytest.raises(ActorsLost) as lost:
+        call_every(actors, "bump", (1,), wait_s=3, every_s=0.5)
+    assert time.monotonic() - started < 30
+    assert str(lost.value).startswith("bump: no actor answered for 3 s (resources.node_wait_s)")
+    assert "1 actors" in str(lost.value) and "sppo-ray resume" in str(lost.value)
+    # where a dead actor cannot come back (the broadcast's version check), it raises at once
+    with pytest.raises(ray.exceptions.RayActorError):
+        call_every(actors, "bump", (1,), wait_s=600, retry_on=(ray.exceptions.ActorUnavailableError,))
