@@ -23,7 +23,8 @@ import ray
 from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 
-__all__ = ["SCALE_OVERRIDES", "bench_scale", "linearity", "paper_round_driver_bytes", "scale_prompts", "scale_table"]
+__all__ = ["SCALE_OVERRIDES", "bench_scale", "growth_by_stage", "linearity", "paper_round_driver_bytes",
+           "scale_prompts", "scale_table"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -60,13 +61,17 @@ class _Peaks:
         self._proc, self._store, self._every = psutil.Process(), store_bytes, every_s
         self.base_rss = self.peak_rss = 0
         self.peak_store: int | None = None
+        self.series: list[tuple[float, int]] = []  # (seconds since the block began, RSS)
+        self._started = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         last_store = 0.0
         while not self._stop.wait(self._every):
-            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            rss = self._proc.memory_info().rss
+            self.peak_rss = max(self.peak_rss, rss)
+            self.series.append((time.monotonic() - self._started, rss))
             if time.monotonic() - last_store >= 2.0:  # a raylet round trip: less often
                 last_store = time.monotonic()
                 used = self._store()
@@ -75,6 +80,7 @@ class _Peaks:
 
     def __enter__(self) -> "_Peaks":
         self.base_rss = self.peak_rss = self._proc.memory_info().rss  # after the actors' start-up
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -128,9 +134,25 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
             "generated_tokens": summary["generated_tokens"], "train_rows": summary["train_rows"],
             "mean_response_tokens": summary["mean_response_tokens"],
             "driver_rss_before": peaks.base_rss, "driver_rss_peak": peaks.peak_rss,
-            "driver_growth": peaks.peak_rss - peaks.base_rss, "object_store_peak": peaks.peak_store,
+            "driver_growth": peaks.peak_rss - peaks.base_rss,
+            "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, summary["seconds"]),
+            "object_store_peak": peaks.peak_store,
             "arrow_bytes": arrow, "arrow_bytes_held": sum(arrow.values()),
             "parquet_bytes": {name: f.stat().st_size for name, f in files.items()}}
+
+
+def growth_by_stage(series: list[tuple[float, int]], base: int, seconds: dict[str, float]) -> dict[str, int]:
+    """The driver's peak RSS over ``base`` within each stage, the stages placed end to end from the round's start
+    in their order (``seconds``: the manifest's per-stage seconds; what runs between stages falls to the next)."""
+    out, start = {}, 0.0
+    for stage in STAGES:
+        if stage not in seconds:
+            continue
+        end = start + seconds[stage]
+        inside = [rss for t, rss in series if start <= t < end]
+        out[stage] = max(inside, default=base) - base
+        start = end
+    return out
 
 
 def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
@@ -203,4 +225,9 @@ def scale_table(result: dict[str, Any]) -> str:
         lines.append(f"| {s['prompts']:,} | " + " | ".join(cells) +
                      f" | {s['ratio_pipeline_over_bare_generation']:.2f} | {p['driver_growth'] / mb:.0f} "
                      f"({p['arrow_bytes_held'] / mb:.1f}) | {store} | {files} |")
+    lines.append("")
+    for key in sorted(result["sizes"], key=int):  # where the driver grew
+        by_stage = result["sizes"][key]["pipeline"].get("driver_growth_by_stage", {})
+        lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
+                     ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()))
     return "\n".join(lines)
