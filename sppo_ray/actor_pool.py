@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 __all__ = ["NODE_WAIT_S", "ActorsLost", "StaleState", "call_every", "in_order", "shutdown_pool",
-           "stream_through_actors", "warm_up_streaming"]
+           "stream_through_actors"]
 
 
 class StaleState(RuntimeError):
@@ -200,26 +200,6 @@ def stream_through_actors(
             on_block(block)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return table, ray.get(broker.collect.remote(execution))
-
-
-def _identity(batch: pa.Table) -> pa.Table:
-    return batch
-
-
-def warm_up_streaming(width: int) -> float:
-    """One trivial execution of the forwarding path, ``width`` tasks wide; returns its seconds.
-
-    A process's first Ray Data execution starts the streaming executor and the tasks' worker processes (measured:
-    4.0 s on 2 cores for one row, against 1.3 s for a later execution of 1,000): run while the engines load, the
-    first stage does not wait for it.
-    """
-    started = time.perf_counter()
-    ds = ray.data.from_items([{"i": i} for i in range(width)])
-    out = ds.map_batches(_identity, batch_size=1, batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=width),
-                         num_cpus=0)
-    for _ in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-        pass
-    return time.perf_counter() - started
 
 
 def in_order(table: pa.Table, key: str, order: list[str]) -> pa.Table:

@@ -11,7 +11,7 @@ import time
 import pytest
 import ray
 
-from sppo_ray.actor_pool import ActorsLost, call_every, warm_up_streaming
+from sppo_ray.actor_pool import ActorsLost, call_every
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,3 @@ def test_an_actor_that_stays_gone_ends_the_wait_naming_it(ray_cluster):
     # where a dead actor cannot come back (the broadcast's version check), it raises at once
     with pytest.raises(ray.exceptions.RayActorError):
         call_every(actors, "bump", (1,), wait_s=600, retry_on=(ray.exceptions.ActorUnavailableError,))
-
-
-def test_the_streaming_warm_up_runs_the_forwarding_path_without_an_actor(ray_cluster):
-    # Session.start runs it in a thread while the engines load; a failure there would only be logged, so here it
-    # must run through: Ray Data's executor started, two forwarding-width tasks done
-    assert warm_up_streaming(2) > 0
