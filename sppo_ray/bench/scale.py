@@ -143,14 +143,15 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
 
 def growth_by_stage(series: list[tuple[float, int]], base: int, seconds: dict[str, float]) -> dict[str, int]:
     """The driver's peak RSS over ``base`` within each stage, the stages placed end to end from the round's start
-    in their order (``seconds``: the manifest's per-stage seconds; what runs between stages falls to the next)."""
+    in their order (``seconds``: the manifest's per-stage seconds; what runs between stages falls to the next).
+    A stage starts at the last level sampled before it, so one shorter than the sampling interval is not 0."""
     out, start = {}, 0.0
     for stage in STAGES:
         if stage not in seconds:
             continue
         end = start + seconds[stage]
-        inside = [rss for t, rss in series if start <= t < end]
-        out[stage] = max(inside, default=base) - base
+        before = [rss for t, rss in series if t < start][-1:] or [base]
+        out[stage] = max(before + [rss for t, rss in series if start <= t < end]) - base
         start = end
     return out
 
@@ -226,8 +227,8 @@ def scale_table(result: dict[str, Any]) -> str:
                      f" | {s['ratio_pipeline_over_bare_generation']:.2f} | {p['driver_growth'] / mb:.0f} "
                      f"({p['arrow_bytes_held'] / mb:.1f}) | {store} | {files} |")
     lines.append("")
-    for key in sorted(result["sizes"], key=int):  # where the driver grew
-        by_stage = result["sizes"][key]["pipeline"].get("driver_growth_by_stage", {})
-        lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
-                     ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()))
+    for key in sorted(result["sizes"], key=int):  # where the driver grew (absent from an older run's JSON)
+        if by_stage := result["sizes"][key]["pipeline"].get("driver_growth_by_stage"):
+            lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
+                         ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()))
     return "\n".join(lines)

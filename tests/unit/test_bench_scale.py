@@ -65,12 +65,13 @@ def test_the_table_has_a_row_per_size_in_order():
 
 def test_the_drivers_growth_is_split_into_the_stages_laid_end_to_end():
     series = [(0.5, 110), (1.5, 130), (2.5, 120), (3.5, 190), (9.0, 100)]
-    # generate [0, 2), judge [2, 3), dataset [3, 3) (no sample), train [3, 4); the round's total is not a stage
+    # generate [0, 2), judge [2, 3), dataset [3, 3) (no sample: the level it started at), train [3, 4); the
+    # round's total is not a stage
     by_stage = growth_by_stage(series, 100, {"generate": 2.0, "judge": 1.0, "dataset": 0.0, "train": 1.0,
                                              "round": 10.0})
-    assert by_stage == {"generate": 30, "judge": 20, "dataset": 0, "train": 90}
+    assert by_stage == {"generate": 30, "judge": 30, "dataset": 20, "train": 90}
     in_mb = {stage: b * 2**20 for stage, b in by_stage.items()}
     measured = _measured(0)
     measured["pipeline"]["driver_growth_by_stage"] = in_mb
     table = scale_table({"sizes": {"1000": measured}})
-    assert "driver +MB by stage at 1,000 prompts: generate 30, judge 20, dataset 0, train 90" in table
+    assert "driver +MB by stage at 1,000 prompts: generate 30, judge 30, dataset 20, train 90" in table
