@@ -157,8 +157,12 @@ def growth_by_stage(series: list[tuple[float, int]], base: int, seconds: dict[st
 
 
 def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
-                keep: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """One round at each size (smallest first), the bare engine on the same prompts after each."""
+                keep: Callable[[dict[str, Any]], None] | None = None,
+                paper_shape: tuple[int, int] = (PAPER_PROMPTS, PAPER_RESPONSE_TOKENS)) -> dict[str, Any]:
+    """One round at each size (smallest first), the bare engine on the same prompts after each; then the dataset
+    stage alone on synthetic tables of ``paper_shape`` (prompts, response tokens) at the config's K."""
+    from sppo_ray.bench.paper_round import measure_dataset_stage
+
     base = [p for round_prompts in plan.rounds for p in round_prompts]
     result: dict[str, Any] = {"k": config.generation.k, "max_new_tokens": config.generation.max_new_tokens,
                               "top_p": config.generation.top_p, "judge": config.judge.kind,
@@ -182,8 +186,11 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
         if keep is not None:  # written after each size: a later size failing loses nothing
             keep(result)
     result["linearity"] = linearity(result["sizes"])
+    result["paper_round_dataset_stage"] = dataset = measure_dataset_stage(paper_shape[0], config.generation.k,
+                                                                          paper_shape[1])
     largest = result["sizes"][str(max(sizes))]
-    result["paper_round_driver_bytes"] = paper_round_driver_bytes(largest, config.generation.k)
+    result["paper_round_driver_bytes"] = paper_round_driver_bytes(largest, config.generation.k,
+                                                                  dataset["growth_bytes"])
     return result
 
 
@@ -194,12 +201,14 @@ def linearity(sizes: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {s: large[s] / small[s] for s in small if small[s] > 0}
 
 
-def paper_round_driver_bytes(measured: dict[str, Any], k: int) -> dict[str, float]:
+def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_bytes: float = 0) -> dict[str, float]:
     """The driver's growth at the paper's round, extrapolated from one measured size.
 
     The driver holds the round's responses and tables as Arrow: responses grow with prompts × K × response tokens,
     tables with prompts × K². Each is scaled from the measured Arrow bytes; what the driver grew beyond the Arrow
     bytes it held is added as a fixed overhead (a ratio would blow a few MB of start-up noise up to gigabytes).
+    ``dataset_stage_bytes``: what the dataset stage adds over those tables at the paper's shape, measured on
+    synthetic tables (:func:`~sppo_ray.bench.paper_round.measure_dataset_stage`); at 16-token answers it cannot show.
     """
     p = measured["pipeline"]
     n, tokens = measured["prompts"], max(p["mean_response_tokens"], 1.0)
@@ -208,7 +217,8 @@ def paper_round_driver_bytes(measured: dict[str, Any], k: int) -> dict[str, floa
         + p["arrow_bytes"]["tables"] * scale_n
     overhead = max(0, p["driver_growth"] - p["arrow_bytes_held"])
     return {"prompts": PAPER_PROMPTS, "k": k, "response_tokens": PAPER_RESPONSE_TOKENS, "arrow_bytes": arrow,
-            "fixed_overhead_bytes": overhead, "driver_growth_bytes": arrow + overhead}
+            "fixed_overhead_bytes": overhead, "dataset_stage_bytes": dataset_stage_bytes,
+            "driver_growth_bytes": arrow + overhead + dataset_stage_bytes}
 
 
 def scale_table(result: dict[str, Any]) -> str:
@@ -231,4 +241,8 @@ def scale_table(result: dict[str, Any]) -> str:
         if by_stage := result["sizes"][key]["pipeline"].get("driver_growth_by_stage"):
             lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
                          ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()))
+    if dataset := result.get("paper_round_dataset_stage"):
+        lines.append(f"dataset stage alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
+                     f"{dataset['response_tokens']} tokens (synthetic tables of {dataset['tables_arrow_bytes'] / mb:.0f}"
+                     f" MB): driver +{dataset['growth_bytes'] / mb:.0f} MB over them, {dataset['seconds']:.1f} s")
     return "\n".join(lines)

@@ -8,7 +8,11 @@ columns (TRL ignores them; an SPPO trainer built on TRL can read them).
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from sppo_ray.arrow_lists import flat_lists, split_last
 
 __all__ = ["TRL_SCHEMA", "trl_preference_table"]
 
@@ -29,18 +33,22 @@ TRL_SCHEMA = pa.schema(
 
 
 def trl_preference_table(train: pa.Table) -> pa.Table:
-    """``train.parquet``'s rows in TRL's conversational preference format (same rows, same order).
+    """``train.parquet``'s rows in TRL's conversational preference format (same rows, same order), built from the
+    chats' offsets (sppo_ray/arrow_lists.py): no answer becomes a Python object.
 
     Raises:
         ValueError: a row whose chosen or rejected conversation does not end with an assistant turn (names it).
     """
-    out = []
-    for n, row in enumerate(train.select(["chosen", "rejected", "chosen_probs", "chosen_probs_win",
-                                         "chosen_probs_lose", "prompt_id", "policy_version"]).to_pylist()):
-        for side in ("chosen", "rejected"):
-            if not row[side] or row[side][-1]["role"] != "assistant":
-                raise ValueError(f"train.parquet row {n} (prompt_id {row['prompt_id']}): {side} does not end with "
-                                 "an assistant turn")
-        out.append({**row, "prompt": row["chosen"][:-1], "chosen": row["chosen"][-1:],
-                    "rejected": row["rejected"][-1:]})
-    return pa.Table.from_pylist(out, schema=TRL_SCHEMA)
+    split = {}
+    for side in ("chosen", "rejected"):
+        turns, starts, lengths = flat_lists(train.column(side))
+        roles = pc.struct_field(turns, "role").to_numpy(zero_copy_only=False)
+        last = roles[np.maximum(starts + lengths - 1, 0)] if len(turns) else np.array([None] * len(lengths))
+        if (bad := np.flatnonzero((lengths == 0) | (last != "assistant"))).size:
+            n = int(bad[0])
+            raise ValueError(f"train.parquet row {n} (prompt_id {train.column('prompt_id')[n].as_py()}): {side} "
+                             "does not end with an assistant turn")
+        split[side] = split_last(train.column(side))
+    columns = {"prompt": split["chosen"][0], "chosen": split["chosen"][1], "rejected": split["rejected"][1],
+               **{name: train.column(name) for name in TRL_SCHEMA.names[3:]}}
+    return pa.table([columns[f.name].cast(f.type) for f in TRL_SCHEMA], schema=TRL_SCHEMA)

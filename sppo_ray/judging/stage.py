@@ -12,6 +12,7 @@ import pyarrow as pa
 import ray
 
 from sppo_ray.actor_pool import NODE_WAIT_S, in_order, stream_through_actors
+from sppo_ray.arrow_lists import append_item, pick
 from sppo_ray.config import JudgeConfig, ResourcesConfig
 from sppo_ray.judging.actor import JudgeActor
 from sppo_ray.runtime import role_env
@@ -159,10 +160,6 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
     )
 
 
-def _messages_with(messages: list[dict[str, str]], response: str) -> list[dict[str, str]]:
-    return messages + [{"role": "assistant", "content": response}]
-
-
 def build_training_table(generated: pa.Table, judged: pa.Table) -> pa.Table:
     """The SPPO training set: the reference implementation's columns plus ours.
 
@@ -170,41 +167,51 @@ def build_training_table(generated: pa.Table, judged: pa.Table) -> pa.Table:
     ``rejected`` (full chats ending with the response), ``chosen_probs`` = P(y_w ≻ y_l), ``chosen_probs_win`` and
     ``chosen_probs_lose`` = win rates of y_w and y_l against π_t, one row per prompt. Prompts with no preference
     signal contribute no row.
+
+    Built column by column (see sppo_ray/arrow_lists.py): the responses' text and token ids are picked as Arrow,
+    so the driver never holds a round's K answers as Python objects; only the prompts' chats are parsed.
     """
-    gen = {r["prompt_id"]: r for r in generated.to_pylist()}
-    out: list[dict[str, Any]] = []
-    for j in judged.to_pylist():
-        if len(j["kept"]) < 2:
-            continue
-        g, k = gen[j["prompt_id"]], j["k"]
-        table = np.asarray(j["table"]).reshape(k, k)
-        messages = json.loads(g["messages_json"])
-        best = j["kept"][0]
-        for worst in j["kept"][1:]:
-            out.append(
-                {
-                    "prompt": messages[-1]["content"],
-                    "chosen": _messages_with(messages, g["responses"][best]),
-                    "rejected": _messages_with(messages, g["responses"][worst]),
-                    "chosen_probs": float(table[best, worst]),
-                    "chosen_probs_win": float(j["win_rates"][best]),
-                    "chosen_probs_lose": float(j["win_rates"][worst]),
-                    "prompt_id": j["prompt_id"],
-                    "messages_json": g["messages_json"],
-                    "prompt_token_ids": g["prompt_token_ids"],
-                    "chosen_token_ids": g["response_token_ids"][best],
-                    "rejected_token_ids": g["response_token_ids"][worst],
-                    "responses": g["responses"],
-                    "table": j["table"],
-                    "scores": j["scores"],
-                    "chosen_index": best,
-                    "rejected_index": worst,
-                    "policy_version": j["policy_version"],
-                    "judge": j["judge"],
-                    "table_mode": j["table_mode"],
-                }
-            )
-    return pa.Table.from_pylist(out, schema=TRAINING_SCHEMA)
+    position = {pid: i for i, pid in enumerate(generated.column("prompt_id").to_pylist())}
+    j_rows, g_rows, best, worst = [], [], [], []
+    for j, (pid, kept) in enumerate(zip(judged.column("prompt_id").to_pylist(), judged.column("kept").to_pylist())):
+        for loser in (kept or [])[1:]:  # (winner, loser), or nothing when the judge saw no preference
+            j_rows.append(j)
+            g_rows.append(position[pid])
+            best.append(kept[0])
+            worst.append(loser)
+    j_rows, g_rows = np.asarray(j_rows, np.int64), np.asarray(g_rows, np.int64)
+    best, worst = np.asarray(best, np.int64), np.asarray(worst, np.int64)
+    k = judged.column("k").to_numpy()[j_rows] if len(j_rows) else np.zeros(0, np.int64)
+    g = generated.select(["messages_json", "prompt_token_ids", "responses"]).take(pa.array(g_rows))
+    jt = judged.take(pa.array(j_rows))
+    chats = [json.loads(m) for m in g.column("messages_json").to_pylist()]
+    messages = pa.array(chats, _MESSAGES)
+
+    def answer(side: np.ndarray) -> pa.Array:
+        text = pick(generated.column("responses"), g_rows, side).cast(pa.string())
+        return pa.StructArray.from_arrays([text, pa.array(["assistant"] * len(text), pa.string())],
+                                          names=["content", "role"])
+
+    columns = {
+        "prompt": pa.array([c[-1]["content"] for c in chats], pa.string()),
+        "chosen": append_item(messages, answer(best)),
+        "rejected": append_item(messages, answer(worst)),
+        "chosen_probs": pick(judged.column("table"), j_rows, best * k + worst),
+        "chosen_probs_win": pick(judged.column("win_rates"), j_rows, best),
+        "chosen_probs_lose": pick(judged.column("win_rates"), j_rows, worst),
+        "prompt_id": jt.column("prompt_id"),
+        "messages_json": g.column("messages_json"),
+        "prompt_token_ids": g.column("prompt_token_ids"),
+        "chosen_token_ids": pick(generated.column("response_token_ids"), g_rows, best),
+        "rejected_token_ids": pick(generated.column("response_token_ids"), g_rows, worst),
+        "responses": g.column("responses"),
+        "table": jt.column("table"),
+        "scores": jt.column("scores"),
+        "chosen_index": pa.array(best),
+        "rejected_index": pa.array(worst),
+        **{name: jt.column(name) for name in ("policy_version", "judge", "table_mode")},
+    }
+    return pa.table([columns[f.name].cast(f.type) for f in TRAINING_SCHEMA], schema=TRAINING_SCHEMA)
 
 
 _MESSAGES = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))

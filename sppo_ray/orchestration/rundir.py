@@ -73,7 +73,7 @@ class RunDir:
     def _commit(self, tmp: str, final: str) -> None:
         self.fs.move(tmp, final)  # replaces an existing file in one step; deleting first would open a crash window
 
-    def write_bytes(self, rel: str, data: bytes) -> str:
+    def write_bytes(self, rel: str, data: bytes | pa.Buffer) -> str:
         final, tmp = self.path(rel), self.path(rel + ".tmp")
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(tmp) as f:
@@ -84,7 +84,7 @@ class RunDir:
     def write_parquet(self, rel: str, table: pa.Table) -> str:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        return self.write_bytes(rel, sink.getvalue().to_pybytes())
+        return self.write_bytes(rel, sink.getvalue())  # the Arrow buffer itself: no second copy of the file
 
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_bytes(rel, (json.dumps(obj, indent=2, default=str) + "\n").encode())

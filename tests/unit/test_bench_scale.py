@@ -75,3 +75,23 @@ def test_the_drivers_growth_is_split_into_the_stages_laid_end_to_end():
     measured["pipeline"]["driver_growth_by_stage"] = in_mb
     table = scale_table({"sizes": {"1000": measured}})
     assert "driver +MB by stage at 1,000 prompts: generate 30, judge 30, dataset 20, train 90" in table
+
+
+def test_the_dataset_stage_measured_at_the_papers_shape_adds_to_the_extrapolation():
+    est = paper_round_driver_bytes(_measured(growth=10_000_000), k=5, dataset_stage_bytes=7_000_000)
+    assert est["driver_growth_bytes"] == pytest.approx(est["arrow_bytes"] + 5e6 + 7e6)
+    dataset = {"prompts": 20_000, "k": 5, "response_tokens": 450, "tables_arrow_bytes": 300 * 2**20,
+               "growth_bytes": 12 * 2**20, "seconds": 3.25}
+    table = scale_table({"sizes": {"1000": _measured(0)}, "paper_round_dataset_stage": dataset})
+    assert ("dataset stage alone at 20,000 prompts × 5 answers of 450 tokens (synthetic tables of 300 MB): "
+            "driver +12 MB over them, 3.2 s") in table
+
+
+def test_the_dataset_stage_measurement_builds_every_prompts_pair_from_synthetic_tables():
+    from sppo_ray.bench.paper_round import measure_dataset_stage
+
+    got = measure_dataset_stage(prompts=200, k=5, response_tokens=45)
+    assert got["train_rows"] == 200  # every synthetic prompt has a (winner, loser)
+    # 200 × 5 answers × 45 token ids of 4 bytes, and their text, are in the tables the stage reads
+    assert got["tables_arrow_bytes"] > 200 * 5 * 45 * (4 + 4)
+    assert got["parquet_bytes"]["train"] > 0 and got["parquet_bytes"]["train_trl"] > 0 and got["growth_bytes"] >= 0

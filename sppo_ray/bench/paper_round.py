@@ -1,0 +1,147 @@
+"""The driver's dataset stage at the paper's round, on synthetic tables of its shape (no engines, no Ray).
+
+At the scale benchmark's settings (16-token answers) the round's tables are a few MB, so whatever the dataset stage
+does per token cannot show. The paper's round is 20,000 prompts × K = 5 answers of ~450 tokens: its responses table
+alone holds 45 M token ids. This builds a responses table and a judged table of that shape (random token ids and
+text, every prompt with a preference), then measures in a fresh process the driver's resident memory over those
+tables while it builds train.parquet and train_trl.parquet from them and encodes both, as ``_dataset`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sppo_ray.arrow_lists import lists_of
+
+__all__ = ["measure_dataset_stage", "synthetic_round"]
+
+CHARS_PER_TOKEN = 4
+_TEXT = "abcdefghij klmnopqrst uvwxyz ABCDEFG HIJKLMN OPQRSTU VWXYZ 0123456789 .,;:!?"
+
+
+def synthetic_round(prompts: int, k: int, response_tokens: int, prompt_tokens: int = 100,
+                    seed: int = 0) -> tuple[pa.Table, pa.Table]:
+    """(responses, judged) tables of one round: ``prompts`` rows of K answers, each exactly ``response_tokens``
+    random token ids and ~4 characters of text per token; judged rows hold a random table and keep (winner, loser)."""
+    from sppo_ray.generation.stage import GENERATION_SCHEMA
+    from sppo_ray.judging.stage import JUDGED_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    n, samples = prompts, prompts * k
+    base = "".join(rng.choice(list(_TEXT), 1 << 20))
+    width = response_tokens * CHARS_PER_TOKEN
+    starts = rng.integers(0, len(base) - width, samples)
+    texts = pa.array([base[s:s + width] for s in starts], pa.string())
+    ids = [f"p{i:06d}" for i in range(n)]
+    messages = [json.dumps([{"role": "user", "content": base[s:s + prompt_tokens * CHARS_PER_TOKEN]}])
+                for s in rng.integers(0, len(base) - prompt_tokens * CHARS_PER_TOKEN, n)]
+    token = pa.array(rng.integers(0, 49_152, samples * response_tokens, dtype=np.int32))
+    per_prompt = np.full(n, k)
+    responses = pa.Table.from_arrays([
+        pa.array(ids), pa.array(messages),
+        lists_of(pa.array(rng.integers(0, 49_152, n * prompt_tokens, dtype=np.int32)), np.full(n, prompt_tokens)),
+        lists_of(texts, per_prompt),
+        lists_of(lists_of(token, np.full(samples, response_tokens)), per_prompt),
+        lists_of(pa.array(np.full(samples, response_tokens, np.int32)), per_prompt),
+        lists_of(pa.array(["length"] * samples), per_prompt),
+        pa.array(np.zeros(n, np.int64)), pa.array(np.zeros(n, bool)),
+    ], schema=GENERATION_SCHEMA)
+    table = rng.random((n, k, k))
+    winners = rng.integers(0, k, n)
+    losers = (winners + rng.integers(1, k, n)) % k
+    judged = pa.Table.from_arrays([
+        pa.array(ids), lists_of(pa.array(table.ravel()), np.full(n, k * k)),
+        lists_of(pa.array(table.ravel()), np.full(n, k * k)),
+        lists_of(pa.array(table.mean(axis=2).ravel()), per_prompt),
+        lists_of(pa.array(table.mean(axis=2).ravel()), per_prompt),
+        pa.array(np.full(n, k, np.int64)), pa.array(["synthetic"] * n), pa.array(["debiased"] * n),
+        pa.array(np.zeros(n, np.int64)), lists_of(pa.array(np.stack([winners, losers], 1).ravel()), np.full(n, 2)),
+        pa.array([""] * n),
+    ], schema=JUDGED_SCHEMA)
+    return responses, judged
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_while(fn: Any, every_s: float = 0.01) -> tuple[Any, int, float]:
+    """(fn(), the process's peak RSS while it ran, its seconds), RSS sampled in a thread."""
+    peak, stop = [_rss()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every_s):
+            peak[0] = max(peak[0], _rss())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        thread.join()
+    return out, max(peak[0], _rss()), time.perf_counter() - started
+
+
+def _write_inputs(folder: str, prompts: int, k: int, response_tokens: int) -> None:
+    import pyarrow.parquet as pq
+
+    responses, judged = synthetic_round(prompts, k, response_tokens)
+    pq.write_table(responses, f"{folder}/responses.parquet")
+    pq.write_table(judged, f"{folder}/tables.parquet")
+
+
+def _measure_here(folder: str) -> dict[str, Any]:
+    """The driver's part: the round's tables read as the driver holds them, then the dataset stage over them."""
+    import pyarrow.parquet as pq
+
+    from sppo_ray.data.trl_format import trl_preference_table
+    from sppo_ray.judging.stage import build_training_table
+
+    responses, judged = pq.read_table(f"{folder}/responses.parquet"), pq.read_table(f"{folder}/tables.parquet")
+    base = _rss()
+
+    def stage() -> dict[str, Any]:
+        train = build_training_table(responses, judged)
+        files = {}
+        for name, table in (("train", train), ("train_trl", trl_preference_table(train))):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            files[name] = sink.getvalue().size
+        return {"train_rows": train.num_rows, "train_arrow_bytes": train.nbytes, "parquet_bytes": files}
+
+    out, peak, seconds = _peak_while(stage)
+    return {"tables_arrow_bytes": responses.nbytes + judged.nbytes, **out, "growth_bytes": peak - base,
+            "seconds": seconds}
+
+
+def measure_dataset_stage(prompts: int = 20_000, k: int = 5, response_tokens: int = 450) -> dict[str, Any]:
+    """The dataset stage's driver growth over the round's tables at this shape. The inputs are built and written in
+    one fresh interpreter and the stage measured in another, so that nothing the build freed hides the stage's
+    own growth."""
+    with tempfile.TemporaryDirectory(prefix="sppo-paper-round-") as folder:
+        _python(f"from sppo_ray.bench.paper_round import _write_inputs; "
+                f"_write_inputs({folder!r}, {int(prompts)}, {int(k)}, {int(response_tokens)})")
+        out = _python(f"import json; from sppo_ray.bench.paper_round import _measure_here; "
+                      f"print(json.dumps(_measure_here({folder!r})))")
+    return {"prompts": prompts, "k": k, "response_tokens": response_tokens,
+            **json.loads(out.strip().splitlines()[-1])}
+
+
+def _python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the dataset-stage measurement failed:\n{done.stderr[-2000:]}")
+    return done.stdout
