@@ -26,17 +26,29 @@ def flat_lists(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray
 
 
 def pick(column: pa.Array | pa.ChunkedArray, rows: np.ndarray, items: np.ndarray) -> pa.Array:
-    """Item ``items[i]`` of list row ``rows[i]``, for every i.
+    """Item ``items[i]`` of list row ``rows[i]``, for every i. A chunked column is read chunk by chunk, so only the
+    picked items are copied, never the whole column.
 
     Raises:
         IndexError: an item past its row's end (names the row).
     """
-    values, starts, lengths = flat_lists(column)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     rows, items = np.asarray(rows, np.int64), np.asarray(items, np.int64)
-    if (bad := np.flatnonzero((items < 0) | (items >= lengths[rows]))).size:
-        i = int(bad[0])
-        raise IndexError(f"row {int(rows[i])} has {int(lengths[rows[i]])} items, not an item {int(items[i])}")
-    return values.take(pa.array(starts[rows] + items))
+    bounds = np.cumsum([0] + [len(c) for c in chunks])
+    chunk_of = np.searchsorted(bounds, rows, side="right") - 1
+    parts, order = [], []
+    for c in np.unique(chunk_of):
+        sel = np.flatnonzero(chunk_of == c)
+        values, starts, lengths = flat_lists(chunks[c])
+        local, want = rows[sel] - bounds[c], items[sel]
+        if (bad := np.flatnonzero((want < 0) | (want >= lengths[local]))).size:
+            i = int(sel[bad[0]])
+            raise IndexError(f"row {int(rows[i])} has {int(lengths[local[bad[0]]])} items, not an item {int(items[i])}")
+        parts.append(values.take(pa.array(starts[local] + want)))
+        order.append(sel)
+    if not parts:
+        return pa.array([], column.type.value_type)
+    return pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
 
 def lists_of(values: pa.Array, lengths: np.ndarray) -> pa.ListArray:

@@ -1,10 +1,10 @@
-"""The driver's dataset stage at the paper's round, on synthetic tables of its shape (no engines, no Ray).
+"""The driver's dataset stage at the paper's round, on synthetic tables of its shape (no engines, no Ray cluster).
 
 At the scale benchmark's settings (16-token answers) the round's tables are a few MB, so whatever the dataset stage
 does per token cannot show. The paper's round is 20,000 prompts × K = 5 answers of ~450 tokens: its responses table
 alone holds 45 M token ids. This builds a responses table and a judged table of that shape (random token ids and
 text, every prompt with a preference), then measures in a fresh process the driver's resident memory over those
-tables while it builds train.parquet and train_trl.parquet from them and encodes both, as ``_dataset`` does.
+tables while the driver's own ``_dataset`` builds and writes train.parquet and train_trl.parquet from them.
 """
 
 from __future__ import annotations
@@ -104,27 +104,22 @@ def _write_inputs(folder: str, prompts: int, k: int, response_tokens: int) -> No
 
 
 def _measure_here(folder: str) -> dict[str, Any]:
-    """The driver's part: the round's tables read as the driver holds them, then the dataset stage over them."""
+    """The driver's part: the round's tables read as the driver holds them, then the driver's own dataset stage
+    (``_dataset``: train.parquet and train_trl.parquet written into a scratch run directory)."""
     import pyarrow.parquet as pq
 
-    from sppo_ray.data.trl_format import trl_preference_table
-    from sppo_ray.judging.stage import build_training_table
+    from sppo_ray.orchestration.driver import _dataset
+    from sppo_ray.orchestration.rundir import RunDir
 
     responses, judged = pq.read_table(f"{folder}/responses.parquet"), pq.read_table(f"{folder}/tables.parquet")
+    rd = RunDir(f"{folder}/run")
+    for stage in ("generate", "judge"):
+        rd.record(0, stage, outputs={}, seconds=0.0)
     base = _rss()
-
-    def stage() -> dict[str, Any]:
-        train = build_training_table(responses, judged)
-        files = {}
-        for name, table in (("train", train), ("train_trl", trl_preference_table(train))):
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
-            files[name] = sink.getvalue().size
-        return {"train_rows": train.num_rows, "train_arrow_bytes": train.nbytes, "parquet_bytes": files}
-
-    out, peak, seconds = _peak_while(stage)
-    return {"tables_arrow_bytes": responses.nbytes + judged.nbytes, **out, "growth_bytes": peak - base,
-            "seconds": seconds}
+    _, peak, seconds = _peak_while(lambda: _dataset(0, responses, judged, rd))
+    files = {name: rd.fs.get_file_info(rd.path(f"round_0/{name}.parquet")).size for name in ("train", "train_trl")}
+    return {"tables_arrow_bytes": responses.nbytes + judged.nbytes, "train_rows": rd.done(0, "dataset")["rows"],
+            "parquet_bytes": files, "growth_bytes": peak - base, "seconds": seconds}
 
 
 def measure_dataset_stage(prompts: int = 20_000, k: int = 5, response_tokens: int = 450) -> dict[str, Any]:

