@@ -1,0 +1,44 @@
+"""The driver's dataset stage (``_dataset``): the training set written in slices is the one built whole."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from sppo_ray.bench.paper_round import synthetic_round
+from sppo_ray.data.trl_format import trl_preference_table
+from sppo_ray.errors import RunStateError
+from sppo_ray.judging.stage import build_training_table
+from sppo_ray.orchestration import driver
+from sppo_ray.orchestration.rundir import RunDir
+
+pytestmark = pytest.mark.unit
+
+
+def _rundir(tmp_path) -> RunDir:
+    rd = RunDir(str(tmp_path / "run"))
+    for stage in ("generate", "judge"):
+        rd.record(0, stage, outputs={}, seconds=0.0)
+    return rd
+
+
+def test_slices_write_the_training_set_built_whole(tmp_path, monkeypatch):
+    generated, judged = synthetic_round(30, 3, 4, prompt_tokens=2)
+    monkeypatch.setattr(driver, "DATASET_SLICE", 7)  # 30 prompts: slices of 7, 7, 7, 7, 2
+    rd = _rundir(tmp_path)
+    driver._dataset(0, generated, judged, rd)
+    whole = build_training_table(generated, judged)
+    assert rd.read_parquet("round_0/train.parquet").equals(whole)
+    assert rd.read_parquet("round_0/train_trl.parquet").equals(trl_preference_table(whole))
+    assert rd.done(0, "dataset")["rows"] == 30
+
+
+def test_a_round_without_any_preference_stops_and_writes_no_training_set(tmp_path):
+    generated, judged = synthetic_round(5, 3, 4, prompt_tokens=2)
+    judged = judged.set_column(judged.schema.get_field_index("kept"), "kept",
+                               pa.array([[]] * 5, pa.list_(pa.int64())))
+    rd = _rundir(tmp_path)
+    with pytest.raises(RunStateError, match="round 0: the judge found no preference in any prompt"):
+        driver._dataset(0, generated, judged, rd)
+    assert not rd.exists("round_0/train.parquet") and not rd.exists("round_0/train_trl.parquet")
+    assert rd.done(0, "dataset") is None
