@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,6 +26,7 @@ __all__ = [
     "ReplicatedJudge",
     "build_judge_actors",
     "build_training_table",
+    "prompts_per_call",
     "run_judging_stage",
 ]
 
@@ -48,6 +50,19 @@ JUDGED_SCHEMA = pa.schema(
 
 # Batches in flight per judge replica: one in its forward, the next being tokenised.
 CALLS_PER_JUDGE = 2
+# At most this many prompts per judge call, unless one forward batch holds more. Each call is a Ray Data task,
+# with its own scheduling and ~0.25 MB of transient driver memory: at 20,000 prompts, calls of one forward batch
+# (6 prompts at K = 5) were 3,334 tasks, whose overhead was most of the stage's time (BENCHMARKS.md "Scale").
+CALL_PROMPTS = 64
+# Calls per replica's call slot that a stage aims for, so that the work still spreads evenly over the replicas.
+CALLS_PER_SLOT = 4
+
+
+def prompts_per_call(prompts: int, judges: int, batch_prompts: int) -> int:
+    """Prompts per judge call: a multiple of ``batch_prompts`` (the smallest call), enough calls to keep every
+    replica's slots fed (``CALLS_PER_SLOT`` each), and no more than ``CALL_PROMPTS`` unless the smallest call is."""
+    wanted = math.ceil(prompts / max(1, judges * CALLS_PER_JUDGE * CALLS_PER_SLOT))
+    return max(1, min(wanted, CALL_PROMPTS) // batch_prompts) * batch_prompts
 
 
 def build_judge_actors(model_path: str | None, cfg: JudgeConfig, res: ResourcesConfig,
@@ -122,7 +137,8 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
                       instructions: dict[str, str] | None = None,
                       on_rows: Callable[[pa.Table], None] | None = None,
                       finished: pa.Table | None = None, wait_s: float = NODE_WAIT_S) -> JudgingResult:
-    """Judge every generated row; prompts per batch = pairs per batch / (K(K−1)), at least 1.
+    """Judge every generated row; the smallest call holds 4 × pairs per batch / (K(K−1)) prompts (at least 1), a
+    large stage's calls several of those (:func:`prompts_per_call`).
 
     ``instructions`` maps a prompt id to its instructions as JSON; they travel with the rows to the judges (the
     verifier judge checks responses against them). ``on_rows`` receives each block of judged rows as it arrives.
@@ -131,7 +147,7 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
     """
     started = time.perf_counter()
     k = len(generated.column("responses")[0].as_py()) if generated.num_rows else 2
-    rows_per_batch = max(1, cfg.batch_size * 4 // (k * (k - 1)))
+    batch_prompts = max(1, cfg.batch_size * 4 // (k * (k - 1)))
     done = set(finished.column("prompt_id").to_pylist()) if finished is not None else set()
     rows = generated.select(["prompt_id", "messages_json", "responses", "policy_version"])
     if done:
@@ -141,11 +157,12 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
             [instructions.get(pid, "") for pid in rows.column("prompt_id").to_pylist()], pa.string()))
     tables, records = [finished] if finished is not None else [], []
     if rows.num_rows:
-        # one block per batch: a single block would be one task, judged by one replica with the others idle
-        blocks = [rows.slice(i, rows_per_batch) for i in range(0, rows.num_rows, rows_per_batch)]
+        # one block per call: a single block would be one task, judged by one replica with the others idle
+        per_call = prompts_per_call(rows.num_rows, len(judge_actors), batch_prompts)
+        blocks = [rows.slice(i, per_call) for i in range(0, rows.num_rows, per_call)]
         table, records = stream_through_actors(
             ray.data.from_arrow(blocks), judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA,
-            batch_size=rows_per_batch, per_actor=CALLS_PER_JUDGE, on_block=on_rows, wait_s=wait_s,
+            batch_size=per_call, per_actor=CALLS_PER_JUDGE, on_block=on_rows, wait_s=wait_s,
         )
         tables.append(table)
     table = in_order(pa.concat_tables(tables) if tables else JUDGED_SCHEMA.empty_table(), "prompt_id",

@@ -80,3 +80,17 @@ def test_each_split_is_logged_once_with_its_sizes(caplog):
     assert seen == [4, 2, 2]
     assert [r.getMessage() for r in caplog.records] == [
         "judge batch of 4 pairs (longest 30 tokens) ran out of memory; retrying as 2 + 2 pairs"]
+
+
+def test_a_large_stage_judges_several_batches_per_call_and_still_feeds_every_replica():
+    from sppo_ray.judging.stage import CALL_PROMPTS, prompts_per_call
+
+    # a small stage keeps the smallest call (6 prompts: 4 batches of 32 pairs at K = 5)
+    assert prompts_per_call(40, judges=1, batch_prompts=6) == 6
+    # 20,000 prompts: whole smallest calls up to CALL_PROMPTS, 334 calls instead of 3,334
+    per_call = prompts_per_call(20_000, judges=1, batch_prompts=6)
+    assert per_call % 6 == 0 and per_call <= CALL_PROMPTS and -(-20_000 // per_call) == 334
+    # every replica's two call slots get at least 4 calls each
+    assert -(-1000 // prompts_per_call(1000, judges=8, batch_prompts=6)) >= 8 * 2 * 4
+    # a smallest call above the cap is not cut
+    assert prompts_per_call(5000, judges=1, batch_prompts=200) == 200
