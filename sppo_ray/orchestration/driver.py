@@ -6,6 +6,7 @@ finished stages instead of repeating them, so it produces the same data as an un
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import time
@@ -342,6 +343,16 @@ def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:
     return h.hexdigest()
 
 
+def return_freed_memory() -> None:
+    """Hand the heap a stage freed back to the OS (glibc's ``malloc_trim``). Ray's client threads free each task's
+    buffers into glibc arenas that otherwise stay resident, so the driver's RSS would keep every stage's high-water
+    mark on top of the next stage's (BENCHMARKS.md "Scale"). Elsewhere (macOS, musl) nothing is done."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Timer:
     """Names and times each phase of a round (seconds per phase, and the round's wall time)."""
 
@@ -357,6 +368,7 @@ class _Timer:
         began = time.perf_counter()
         yield
         self.seconds[phase] = time.perf_counter() - began
+        return_freed_memory()
         if self.progress is not None:
             self.progress.end()
 
