@@ -73,6 +73,9 @@ def judging() -> None:
              "response_token_ids": [[2]] * k, "num_tokens": [1] * k, "finish_reasons": ["stop"] * k,
              "policy_version": 0, "truncated": False} for i in range(n)]
     generated = pa.Table.from_pylist(rows, schema=GENERATION_SCHEMA)
+    from sppo_ray.judging import stage
+
+    stage.CALL_PROMPTS = 3  # a large stage would send 63 prompts a call; 3 a call (500 calls) keeps it long
     cfg = JudgeConfig(kind="length", batch_size=16)  # 3 prompts a call: 500 calls
     judges = build_judge_actors(None, cfg, ResourcesConfig(judges=1, judge_cpus=1))
     whole = run_judging_stage(generated, judges, cfg)
