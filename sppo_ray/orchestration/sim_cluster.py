@@ -16,8 +16,16 @@ class SimulatedCluster:
     cores. The driver connects through :attr:`address` (``RAY_ADDRESS``)."""
 
     def __init__(self, object_store_gib: float = 0.5) -> None:
+        from ray._private.authentication.authentication_token_setup import (enable_token_auth_by_default,
+                                                                           ensure_token_if_auth_enabled)
         from ray.cluster_utils import Cluster
 
+        # The auth mode is pinned before the head starts, as ray.init() pins it for a local cluster (token auth,
+        # unless RAY_AUTH_MODE says otherwise). Cluster does not: its head would start without auth, and a node
+        # added after any ray.init() in this process (which sets RAY_AUTH_MODE=token here) would refuse the head's
+        # lease requests ("Missing authorization header"), leaving every actor pending creation.
+        enable_token_auth_by_default()
+        ensure_token_if_auth_enabled()
         self.store = int(object_store_gib * 2**30)
         head = {"num_cpus": 0, "num_gpus": 0, "object_store_memory": self.store,
                 "include_dashboard": True, "dashboard_port": _free_port()}  # 8265 may be another cluster's
