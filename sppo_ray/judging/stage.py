@@ -50,9 +50,9 @@ JUDGED_SCHEMA = pa.schema(
 
 # Batches in flight per judge replica: one in its forward, the next being tokenised.
 CALLS_PER_JUDGE = 2
-# At most this many prompts per judge call, unless one forward batch holds more. Each call is a Ray Data task,
-# with its own scheduling and 0.1-0.3 MB of transient driver memory: at 20,000 prompts, calls of one forward batch
-# (6 prompts at K = 5) were 3,334 tasks, whose overhead was most of the stage's time (BENCHMARKS.md "Scale").
+# At most this many prompts per judge call, unless the smallest call (4 batches of pairs) holds more. Each call is
+# a Ray Data task, with its own scheduling and 0.1-0.3 MB of transient driver memory: at 20,000 prompts, smallest
+# calls (6 prompts at K = 5) were 3,334 tasks, whose overhead was most of the stage's time (BENCHMARKS.md "Scale").
 CALL_PROMPTS = 64
 # Calls per replica's call slot that a stage aims for, so that the work still spreads evenly over the replicas.
 CALLS_PER_SLOT = 4

@@ -85,7 +85,7 @@ class RunDir:
     def _commit(self, tmp: str, final: str) -> None:
         self.fs.move(tmp, final)  # replaces an existing file in one step; deleting first would open a crash window
 
-    def write_bytes(self, rel: str, data: bytes | pa.Buffer) -> str:
+    def write_bytes(self, rel: str, data: bytes) -> str:
         final, tmp = self.path(rel), self.path(rel + ".tmp")
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(tmp) as f:
