@@ -5,6 +5,10 @@ reach them to push new weights. Our engines must outlive every round, so ``map_b
 *task* instead: it leases the least busy actor from the pool's broker, hands it the batch, and returns the lease. Tasks reuse
 Ray's idle worker processes, where per-execution forwarding actors cost a process start each (~1-2 s on 2 cores).
 A batch whose actor died is retried (on the next actor, or on the same one after Ray restarts it).
+
+The forwarding tasks run on the driver's node. Ray Data spreads tasks over the cluster by default, and a lost node
+then took the forwarders on it, and the output blocks in its object store, with it: Ray re-ran those tasks, so
+batches that other nodes' actors had finished were computed again, and their side records added twice.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class _LeaseBroker:
 
     def __init__(self, size: int) -> None:
         self.busy = [0] * size
-        self.records: dict[str, list[dict[str, Any]]] = {}
+        self.records: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def acquire(self) -> int:
         slot = min(range(len(self.busy)), key=self.busy.__getitem__)
@@ -56,11 +60,12 @@ class _LeaseBroker:
     def release(self, slot: int) -> None:
         self.busy[slot] = max(0, self.busy[slot] - 1)
 
-    def add(self, execution: str, records: list[dict[str, Any]]) -> None:
-        self.records.setdefault(execution, []).extend(records)
+    def add(self, execution: str, batch: str, records: list[dict[str, Any]]) -> None:
+        """A batch's records; a batch run again (Ray retried its task) replaces its own, never adds to them."""
+        self.records.setdefault(execution, {})[batch] = records
 
     def collect(self, execution: str) -> list[dict[str, Any]]:
-        return self.records.pop(execution, [])
+        return [r for records in self.records.pop(execution, {}).values() for r in records]
 
 
 # The brokers of the pools this driver streams through, keyed by the pool's actor handles (hashed by actor id).
@@ -148,16 +153,16 @@ def lost_message(what: str, wait_s: float, detail: str) -> str:
 
 
 def _forward(batch: pa.Table, *, actors, broker, execution: str, method: str, kwargs: dict[str, Any],
-             schema: pa.Schema, recover, wait_s: float) -> pa.Table:
+             schema: pa.Schema, recover, wait_s: float, key: str) -> pa.Table:
     """Ray Data task: one batch to one leased actor. The actor returns {"rows": [...], "records": [...]}; rows go
-    downstream, records (rejects, counters) to the broker."""
+    downstream, records (rejects, counters) to the broker under the batch's first ``key``."""
     slot = ray.get(broker.acquire.remote())
     try:
         result = _call_with_retry(actors, slot, method, batch.to_pylist(), kwargs, recover, wait_s)
     finally:
         broker.release.remote(slot)
-    if result.get("records"):
-        ray.get(broker.add.remote(execution, result["records"]))  # before the task ends, so `collect` sees them
+    if result.get("records"):  # before the task ends, so `collect` sees them
+        ray.get(broker.add.remote(execution, str(batch.column(key)[0]), result["records"]))
     return pa.Table.from_pylist(result["rows"], schema=schema)
 
 
@@ -173,6 +178,7 @@ def stream_through_actors(
     recover: tuple[str, tuple] | None = None,
     on_block: Callable[[pa.Table], None] | None = None,
     wait_s: float = NODE_WAIT_S,
+    key: str = "prompt_id",
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Run ``ds`` through ``actor.<method>`` batch by batch, at most ``per_actor`` batches per actor at a time
     (more than 1 needs actors that take concurrent calls).
@@ -181,17 +187,22 @@ def stream_through_actors(
     ``StaleState`` error (a restarted generator holding π_0, say) before the batch is retried. ``on_block`` is
     called with each block of output rows as it arrives (in completion order), while the rest is still running.
     A batch whose actors die is retried for ``wait_s`` seconds, then the stage fails with :class:`ActorsLost`.
+    ``key`` is a column that tells batches apart (its first value names the batch's side records).
     Returns (output table, side records).
     """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     broker, execution = _broker_for(actors), uuid.uuid4().hex
     out = ds.map_batches(
         _forward,
         fn_kwargs={"actors": actors, "broker": broker, "execution": execution, "method": method, "kwargs": kwargs,
-                   "schema": schema, "recover": recover, "wait_s": wait_s},
+                   "schema": schema, "recover": recover, "wait_s": wait_s, "key": key},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=len(actors) * per_actor),
         num_cpus=0,  # forwarders only wait; the long-lived actors hold the CPU reservations
+        # beside the driver (see the module's docstring): only the node that runs the driver can't be lost mid-stage
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     )
     tables = []
     for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):  # streamed as the blocks finish

@@ -52,3 +52,22 @@ def test_an_actor_that_stays_gone_ends_the_wait_naming_it(ray_cluster):
     # where a dead actor cannot come back (the broadcast's version check), it raises at once
     with pytest.raises(ray.exceptions.RayActorError):
         call_every(actors, "bump", (1,), wait_s=600, retry_on=(ray.exceptions.ActorUnavailableError,))
+
+
+def test_a_batch_run_twice_keeps_one_copy_of_its_records(ray_cluster):
+    """Ray re-runs a forwarding task whose output was lost with its node; the batch's records (rejects, pairs
+    judged) must then replace its first run's, not be added to them."""
+    from sppo_ray.actor_pool import _broker_for, shutdown_pool
+
+    actors = _counters(ray_cluster, restarts=0)
+    broker = _broker_for(actors)
+    try:
+        ray.get(broker.add.remote("x", "p0", [{"pairs": 20}, {"pairs": 20}]))
+        ray.get(broker.add.remote("x", "p3", [{"pairs": 20}]))
+        ray.get(broker.add.remote("x", "p0", [{"pairs": 20}, {"pairs": 20}]))  # p0's batch again
+        ray.get(broker.add.remote("y", "p0", [{"pairs": 1}]))  # another execution of the pool
+        assert sum(r["pairs"] for r in ray.get(broker.collect.remote("x"))) == 60
+        assert ray.get(broker.collect.remote("x")) == []  # collected once
+        assert ray.get(broker.collect.remote("y")) == [{"pairs": 1}]
+    finally:
+        shutdown_pool(actors)
