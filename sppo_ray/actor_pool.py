@@ -22,7 +22,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 __all__ = ["NODE_WAIT_S", "ActorsLost", "StaleState", "call_every", "in_order", "shutdown_pool",
-           "stream_through_actors"]
+           "stream_through_actors", "warm_up_streaming"]
 
 
 class StaleState(RuntimeError):
@@ -190,8 +190,6 @@ def stream_through_actors(
     ``key`` is a column that tells batches apart (its first value names the batch's side records).
     Returns (output table, side records).
     """
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     broker, execution = _broker_for(actors), uuid.uuid4().hex
     out = ds.map_batches(
         _forward,
@@ -201,8 +199,7 @@ def stream_through_actors(
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=len(actors) * per_actor),
         num_cpus=0,  # forwarders only wait; the long-lived actors hold the CPU reservations
-        # beside the driver (see the module's docstring): only the node that runs the driver can't be lost mid-stage
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        scheduling_strategy=_beside_driver(),
     )
     tables = []
     for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):  # streamed as the blocks finish
@@ -211,6 +208,32 @@ def stream_through_actors(
             on_block(block)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return table, ray.get(broker.collect.remote(execution))
+
+
+def _beside_driver() -> Any:
+    """Where forwarding tasks run (see the module's docstring): the driver's node, the one node a stage cannot
+    lose without losing the driver too."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _identity(batch: pa.Table) -> pa.Table:
+    return batch
+
+
+def warm_up_streaming(width: int) -> float:
+    """One trivial execution of the forwarding path, ``width`` tasks wide and where the forwarders run; returns its
+    seconds. A process's first Ray Data execution starts the streaming executor and the tasks' worker processes
+    (4.0 s on 2 cores for one row, against 1.3 s for a later execution of 1,000 rows, BENCHMARKS.md "Scale"): run
+    while the engines load, the first stage does not pay it."""
+    started = time.perf_counter()
+    out = ray.data.from_items([{"i": i} for i in range(width)]).map_batches(
+        _identity, batch_size=1, batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=width), num_cpus=0,
+        scheduling_strategy=_beside_driver())
+    for _ in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pass
+    return time.perf_counter() - started
 
 
 def in_order(table: pa.Table, key: str, order: list[str]) -> pa.Table:

@@ -5,7 +5,9 @@ This is the only place that holds Ray handles to more than one role.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +16,10 @@ from typing import Any
 import ray
 from safetensors.torch import load_file
 
-from sppo_ray.actor_pool import NODE_WAIT_S, call_every, shutdown_pool
+from sppo_ray.actor_pool import NODE_WAIT_S, call_every, shutdown_pool, warm_up_streaming
 from sppo_ray.config import RunConfig
 from sppo_ray.contracts import PolicyWeights
-from sppo_ray.generation.stage import build_generator_actors, push_weights
+from sppo_ray.generation.stage import CALLS_PER_GENERATOR, build_generator_actors, push_weights
 from sppo_ray.judging.stage import build_judge_actors
 from sppo_ray.orchestration.colocation import Colocation, Residency
 from sppo_ray.orchestration.verbosity import configure_driver_output, verbose
@@ -51,6 +53,19 @@ def _restart(actors: list[Any], wait_s: float) -> None:
     for actor in actors:
         ray.kill(actor, no_restart=False)
     call_every(actors, "ready", wait_s=wait_s)
+
+
+def _warm_up_streaming_thread(width: int) -> threading.Thread:
+    """Ray Data's start-up in the driver, in a thread while the actors load (``actor_pool.warm_up_streaming``)."""
+    def warm() -> None:
+        try:
+            warm_up_streaming(width)
+        except Exception as err:  # noqa: BLE001 - a head start only: the first stage then pays the start-up itself
+            logging.getLogger(__name__).warning("Ray Data warm-up failed (%s: %s)", type(err).__name__, err)
+
+    thread = threading.Thread(target=warm, name="sppo-ray-data-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def object_store_weights(model_dir: Path, version: int) -> PolicyWeights:
@@ -87,6 +102,7 @@ class Session:
     def start(cls, config: RunConfig, policy_path: Path, judge_path: Path | None) -> "Session":
         started = time.perf_counter()
         res = config.resources
+        warming = _warm_up_streaming_thread(res.generators * CALLS_PER_GENERATOR)
         colocation = Colocation.create(res) if res.placement == "colocated" else None
         generation = config.generation.model_copy(update={"gpu_memory_utilization": config.engine_memory_utilization})
         generators = build_generator_actors(str(policy_path), generation, res, colocation,
@@ -96,6 +112,7 @@ class Session:
         judges = build_judge_actors(str(judge_path) if judge_path else None, config.judge, res, colocation)
         weights = PolicyWeights(0, path=str(policy_path))
         residency = Residency(generators, judges, wait_s=res.node_wait_s) if colocation else None
+        warming.join(timeout=120)  # a head start only: never what a run waits on
         session = cls(generators, judges, policy_path, 0, weights, time.perf_counter() - started, colocation, residency,
                       wait_s=res.node_wait_s)
         session.enter("generate")

@@ -11,7 +11,7 @@ import time
 import pytest
 import ray
 
-from sppo_ray.actor_pool import ActorsLost, call_every
+from sppo_ray.actor_pool import ActorsLost, call_every, warm_up_streaming
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +71,9 @@ def test_a_batch_run_twice_keeps_one_copy_of_its_records(ray_cluster):
         assert ray.get(broker.collect.remote("y")) == [{"pairs": 1}]
     finally:
         shutdown_pool(actors)
+
+
+def test_the_streaming_warm_up_runs_the_forwarding_path_without_an_actor(ray_cluster):
+    # Session.start runs it in a thread while the engines load, and a failure there is only logged: here it must
+    # run through (Ray Data's executor started, forwarding-width tasks on the driver's node done)
+    assert warm_up_streaming(2) > 0
