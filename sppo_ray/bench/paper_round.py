@@ -4,7 +4,8 @@ At the scale benchmark's settings (16-token answers) the round's tables are a fe
 does per token cannot show. The paper's round is 20,000 prompts × K = 5 answers of ~450 tokens: its responses table
 alone holds 45 M token ids. This builds a responses table and a judged table of that shape (random token ids and
 text, every prompt with a preference), then measures in a fresh process the driver's resident memory over those
-tables while the driver's own ``_dataset`` builds and writes train.parquet and train_trl.parquet from them.
+tables while the driver's own ``_dataset`` builds and writes train.parquet and train_trl.parquet from them, and the
+Arrow bytes of what the driver reads of train.parquet for the fit (after it has let go of the tables).
 """
 
 from __future__ import annotations
@@ -105,11 +106,13 @@ def _write_inputs(folder: str, prompts: int, k: int, response_tokens: int) -> No
 
 def _measure_here(folder: str) -> dict[str, Any]:
     """The driver's part: the round's tables read as the driver holds them, then the driver's own dataset stage
-    (``_dataset``: train.parquet and train_trl.parquet written into a scratch run directory)."""
+    (``_dataset``: train.parquet and train_trl.parquet written into a scratch run directory), then the size of the
+    fit's input as the driver reads it (``training_columns``) beside the whole training set's."""
     import pyarrow.parquet as pq
 
     from sppo_ray.orchestration.driver import _dataset
     from sppo_ray.orchestration.rundir import RunDir
+    from sppo_ray.training.batching import training_columns
 
     responses, judged = pq.read_table(f"{folder}/responses.parquet"), pq.read_table(f"{folder}/tables.parquet")
     rd = RunDir(f"{folder}/run")
@@ -118,8 +121,11 @@ def _measure_here(folder: str) -> dict[str, Any]:
     base = _rss()
     _, peak, seconds = _peak_while(lambda: _dataset(0, responses, judged, rd))
     files = {name: rd.fs.get_file_info(rd.path(f"round_0/{name}.parquet")).size for name in ("train", "train_trl")}
+    train = rd.path("round_0/train.parquet")
+    fit_input = pq.read_table(train, columns=training_columns(pq.read_schema(train).names)).nbytes
     return {"tables_arrow_bytes": responses.nbytes + judged.nbytes, "train_rows": rd.done(0, "dataset")["rows"],
-            "parquet_bytes": files, "growth_bytes": peak - base, "seconds": seconds}
+            "parquet_bytes": files, "growth_bytes": peak - base, "seconds": seconds,
+            "fit_input_bytes": fit_input, "train_arrow_bytes": pq.read_table(train).nbytes}
 
 
 def measure_dataset_stage(prompts: int = 20_000, k: int = 5, response_tokens: int = 450) -> dict[str, Any]:

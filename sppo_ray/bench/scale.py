@@ -190,7 +190,7 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
                                                                           paper_shape[1])
     largest = result["sizes"][str(max(sizes))]
     result["paper_round_driver_bytes"] = paper_round_driver_bytes(largest, config.generation.k,
-                                                                  dataset["growth_bytes"])
+                                                                  dataset["growth_bytes"], dataset["fit_input_bytes"])
     return result
 
 
@@ -201,14 +201,17 @@ def linearity(sizes: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {s: large[s] / small[s] for s in small if small[s] > 0}
 
 
-def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_bytes: float = 0) -> dict[str, float]:
+def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_bytes: float = 0,
+                             fit_input_bytes: float = 0) -> dict[str, float]:
     """The driver's growth at the paper's round, extrapolated from one measured size.
 
-    The driver holds the round's responses and tables as Arrow: responses grow with prompts × K × response tokens,
-    tables with prompts × K². Each is scaled from the measured Arrow bytes; what the driver grew beyond the Arrow
-    bytes it held is added as a fixed overhead (a ratio would blow a few MB of start-up noise up to gigabytes).
-    ``dataset_stage_bytes``: what the dataset stage adds over those tables at the paper's shape, measured on
-    synthetic tables (:func:`~sppo_ray.bench.paper_round.measure_dataset_stage`); at 16-token answers it cannot show.
+    Through the dataset stage the driver holds the round's responses and tables as Arrow: responses grow with
+    prompts × K × response tokens, tables with prompts × K². Each is scaled from the measured Arrow bytes; what the
+    driver grew beyond the Arrow bytes it held is added as a fixed overhead (a ratio would blow a few MB of start-up
+    noise up to gigabytes). ``dataset_stage_bytes``: what the dataset stage adds over those tables at the paper's
+    shape, and ``fit_input_bytes`` what the driver reads of train.parquet for the fit once it has let go of the
+    tables, both measured on synthetic tables (:func:`~sppo_ray.bench.paper_round.measure_dataset_stage`); at
+    16-token answers neither can show. The peak is the larger of the two stages'.
     """
     p = measured["pipeline"]
     n, tokens = measured["prompts"], max(p["mean_response_tokens"], 1.0)
@@ -218,7 +221,8 @@ def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_byt
     overhead = max(0, p["driver_growth"] - p["arrow_bytes_held"])
     return {"prompts": PAPER_PROMPTS, "k": k, "response_tokens": PAPER_RESPONSE_TOKENS, "arrow_bytes": arrow,
             "fixed_overhead_bytes": overhead, "dataset_stage_bytes": dataset_stage_bytes,
-            "driver_growth_bytes": arrow + overhead + dataset_stage_bytes}
+            "fit_input_bytes": fit_input_bytes,
+            "driver_growth_bytes": overhead + max(arrow + dataset_stage_bytes, fit_input_bytes)}
 
 
 def scale_table(result: dict[str, Any]) -> str:
@@ -244,5 +248,7 @@ def scale_table(result: dict[str, Any]) -> str:
     if dataset := result.get("paper_round_dataset_stage"):
         lines.append(f"dataset stage alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
                      f"{dataset['response_tokens']} tokens (synthetic tables of {dataset['tables_arrow_bytes'] / mb:.0f}"
-                     f" MB): driver +{dataset['growth_bytes'] / mb:.0f} MB over them, {dataset['seconds']:.1f} s")
+                     f" MB): driver +{dataset['growth_bytes'] / mb:.0f} MB over them, {dataset['seconds']:.1f} s; "
+                     f"the fit's input as the driver reads it {dataset.get('fit_input_bytes', 0) / mb:.0f} MB "
+                     f"(the whole training set {dataset.get('train_arrow_bytes', 0) / mb:.0f} MB)")
     return "\n".join(lines)

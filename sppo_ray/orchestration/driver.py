@@ -157,6 +157,8 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
         judged = _judge(t, prompts, generated, session, rd, config, progress)
     with timer("dataset"):
         _dataset(t, generated, judged, rd)
+    data = summary.round_data(generated, judged)
+    del generated, judged  # the round's largest objects in the driver: not held through the fit
     with timer("train"):
         model_dir, train_metrics = _train(t, rd, config, session, progress)
     with timer("broadcast"):
@@ -164,7 +166,7 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
                           and config.weight_transfer is not None)
     probe = session.probe(PROBE_QUESTION)
     timer.finish(skipped)
-    round_summary = summary.round_summary(t, generated, judged, rd, train_metrics, timer.seconds, probe)
+    round_summary = summary.round_summary(t, data, rd, train_metrics, timer.seconds, probe)
     round_summary["fingerprints"] = session.fingerprints(FINGERPRINT_TEXT)
     rd.record_round(t, round_summary)
     metrics.round_done(round_summary)

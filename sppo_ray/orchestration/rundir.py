@@ -134,8 +134,8 @@ class RunDir:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def read_parquet(self, rel: str) -> pa.Table:
-        return pq.read_table(self.path(rel), filesystem=self.fs)
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(rel), columns=columns, filesystem=self.fs)
 
     def local_path(self, rel: str) -> str:
         """A path other processes on this node can read (Ray Data, Ray Train, vLLM): local runs only."""

@@ -7,32 +7,45 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["instruction_following_table", "round_summary", "round_table", "run_table"]
+__all__ = ["instruction_following_table", "round_data", "round_summary", "round_table", "run_table"]
 
 _PHASES = ("generate", "judge", "dataset", "train", "broadcast")
 
 
-def round_summary(t: int, generated: pa.Table, judged: pa.Table, rd, train_metrics: list[dict[str, Any]],
+def round_data(generated: pa.Table, judged: pa.Table) -> dict[str, Any]:
+    """What a round's summary needs of its responses and tables, so the driver can let go of them before the fit
+    (at the paper's round they are most of its memory)."""
+    lengths = pc.list_flatten(generated.column("num_tokens"))
+    return {
+        "generated_prompts": generated.num_rows,
+        "generated_tokens": int(pc.sum(lengths).as_py() or 0),
+        "mean_response_tokens": float(pc.mean(lengths).as_py() or 0.0),
+        "pairs_judged": int(sum(k * (k - 1) for k in judged.column("k").to_pylist())),
+        "no_preference_prompts": sum(1 for r in judged.column("skipped_reason").to_pylist() if r),
+    }
+
+
+def round_summary(t: int, data: dict[str, Any], rd, train_metrics: list[dict[str, Any]],
                   seconds: dict[str, float], probe: str) -> dict[str, Any]:
-    train = rd.read_parquet(f"round_{t}/train.parquet")
+    """``data``: :func:`round_data` of the round's responses and tables."""
+    train = rd.read_parquet(f"round_{t}/train.parquet", columns=["chosen_probs_win", "chosen_probs_lose"])
     gen_stage = rd.done(t, "generate") or {}
-    lengths = [n for row in generated.column("num_tokens").to_pylist() for n in row]
-    no_signal = sum(1 for r in judged.column("skipped_reason").to_pylist() if r)
     stage_total = sum(seconds.get(p, 0.0) for p in _PHASES)
     return {
         "round": t,
-        "prompts": gen_stage.get("prompts", generated.num_rows),
-        "generated_prompts": generated.num_rows,
+        "prompts": gen_stage.get("prompts", data["generated_prompts"]),
+        "generated_prompts": data["generated_prompts"],
         "rejected": gen_stage.get("rejected", 0),
         "truncated": gen_stage.get("truncated", 0),
-        "generated_tokens": int(sum(lengths)),
-        "mean_response_tokens": float(np.mean(lengths)) if lengths else 0.0,
-        "pairs_judged": int(sum(k * (k - 1) for k in judged.column("k").to_pylist())),
-        "no_preference_prompts": no_signal,
+        "generated_tokens": data["generated_tokens"],
+        "mean_response_tokens": data["mean_response_tokens"],
+        "pairs_judged": data["pairs_judged"],
+        "no_preference_prompts": data["no_preference_prompts"],
         "train_rows": train.num_rows,
-        "win_rate_chosen": float(np.mean(train.column("chosen_probs_win").to_pylist())),
-        "win_rate_rejected": float(np.mean(train.column("chosen_probs_lose").to_pylist())),
+        "win_rate_chosen": float(np.mean(train.column("chosen_probs_win").to_numpy())),
+        "win_rate_rejected": float(np.mean(train.column("chosen_probs_lose").to_numpy())),
         "loss_first": train_metrics[0]["loss"] if train_metrics else None,
         "loss_last": train_metrics[-1]["loss"] if train_metrics else None,
         "step_seconds": float(np.mean([m["step_seconds"] for m in train_metrics])) if train_metrics else None,

@@ -12,12 +12,24 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["PairBatch", "collate_pairs", "row_token_ids", "sequence_logps"]
+__all__ = ["PairBatch", "collate_pairs", "row_token_ids", "sequence_logps", "training_columns"]
 
 
 def _template_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
     ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+_TOKEN_COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")
+_PROBABILITY_COLUMNS = ("chosen_probs", "chosen_probs_win", "chosen_probs_lose")
+
+
+def training_columns(names: Sequence[str]) -> list[str]:
+    """The columns of a training set (with columns ``names``) that training reads: token ids where it has them,
+    else the chats to tokenise, and the three probabilities. Our own train.parquet also holds every answer's text
+    and each prompt's K×K table, about three quarters of its bytes at the paper's shape, which no worker reads."""
+    text = () if all(c in names for c in _TOKEN_COLUMNS) else ("chosen", "rejected")
+    return [c for c in (*_TOKEN_COLUMNS, *text, *_PROBABILITY_COLUMNS) if c in names]
 
 
 def row_token_ids(row: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[int], list[int]]:

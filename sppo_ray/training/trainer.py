@@ -17,6 +17,7 @@ import ray
 
 from sppo_ray.config import ResourcesConfig, TrainingConfig
 from sppo_ray.runtime import role_env
+from sppo_ray.training.batching import training_columns
 from sppo_ray.training.live import STEPS_FILE, read_steps
 from sppo_ray.training.worker import export_is_finished, train_loop_per_worker
 
@@ -41,13 +42,14 @@ _DRIVER_READ_BYTES = 256 * 2**20
 
 
 def _training_dataset(train_parquet: str) -> "ray.data.Dataset":
-    """The round's training set as a Ray Dataset (Ray Train shards it across the workers)."""
+    """The round's training set as a Ray Dataset (Ray Train shards it across the workers), its used columns only."""
     import pyarrow.parquet as pq
 
     fs, path = pafs.FileSystem.from_uri(train_parquet) if "://" in train_parquet else (pafs.LocalFileSystem(), train_parquet)
+    columns = training_columns(pq.read_schema(path, filesystem=fs).names)
     if fs.get_file_info(path).size <= _DRIVER_READ_BYTES:
-        return ray.data.from_arrow(pq.read_table(path, filesystem=fs))
-    return ray.data.read_parquet(train_parquet)
+        return ray.data.from_arrow(pq.read_table(path, columns=columns, filesystem=fs))
+    return ray.data.read_parquet(train_parquet, columns=columns)
 
 
 def _fit_key(train_parquet: str, model_path: str, cfg: TrainingConfig, workers: int = 1) -> str:

@@ -274,3 +274,17 @@ def test_win_rate_matrix():
     np.testing.assert_allclose(w, [[0.5, 0.7, 0.4], [0.3, 0.5, 0.9], [0.6, 0.1, 0.5]], atol=1e-12)
     np.testing.assert_array_equal(np.diag(w), [0.5, 0.5, 0.5])
     np.testing.assert_allclose(w + w.T, np.ones((3, 3)), atol=1e-12)
+
+
+def test_training_reads_the_token_ids_of_our_sets_and_the_chats_of_others():
+    from sppo_ray.judging.stage import TRAINING_SCHEMA
+    from sppo_ray.training.batching import training_columns
+
+    ours = training_columns(TRAINING_SCHEMA.names)
+    assert ours == ["prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "chosen_probs", "chosen_probs_win",
+                    "chosen_probs_lose"]  # not the K answers' text, the tables or the chats
+    reference = ["prompt", "chosen", "rejected", "chosen_probs", "chosen_probs_win", "chosen_probs_lose"]
+    assert training_columns(reference) == ["chosen", "rejected", "chosen_probs", "chosen_probs_win",
+                                           "chosen_probs_lose"]
+    # token ids without the response's: the chats are tokenised, as row_token_ids does
+    assert "chosen" in training_columns(["prompt_token_ids", "chosen", "rejected", "chosen_probs"])

@@ -82,9 +82,21 @@ def test_the_dataset_stage_measured_at_the_papers_shape_adds_to_the_extrapolatio
     assert est["driver_growth_bytes"] == pytest.approx(est["arrow_bytes"] + 5e6 + 7e6)
     dataset = {"prompts": 20_000, "k": 5, "response_tokens": 450, "tables_arrow_bytes": 300 * 2**20,
                "growth_bytes": 12 * 2**20, "seconds": 3.25}
+    dataset.update(fit_input_bytes=80 * 2**20, train_arrow_bytes=310 * 2**20)
     table = scale_table({"sizes": {"1000": _measured(0)}, "paper_round_dataset_stage": dataset})
     assert ("dataset stage alone at 20,000 prompts × 5 answers of 450 tokens (synthetic tables of 300 MB): "
-            "driver +12 MB over them, 3.2 s") in table
+            "driver +12 MB over them, 3.2 s; the fit's input as the driver reads it 80 MB (the whole training set "
+            "310 MB)") in table
+
+
+def test_the_fits_input_counts_only_where_it_exceeds_the_tables_the_driver_let_go_of():
+    held = paper_round_driver_bytes(_measured(growth=10_000_000), k=5, dataset_stage_bytes=7e6)["arrow_bytes"]
+    small = paper_round_driver_bytes(_measured(growth=10_000_000), k=5, dataset_stage_bytes=7e6,
+                                     fit_input_bytes=held / 4)
+    assert small["driver_growth_bytes"] == pytest.approx(held + 5e6 + 7e6)
+    large = paper_round_driver_bytes(_measured(growth=10_000_000), k=5, dataset_stage_bytes=7e6,
+                                     fit_input_bytes=2 * held)
+    assert large["driver_growth_bytes"] == pytest.approx(2 * held + 5e6)
 
 
 def test_the_dataset_stage_measurement_builds_every_prompts_pair_from_synthetic_tables():
@@ -95,3 +107,5 @@ def test_the_dataset_stage_measurement_builds_every_prompts_pair_from_synthetic_
     # 200 × 5 answers × 45 token ids of 4 bytes, and their text, are in the tables the stage reads
     assert got["tables_arrow_bytes"] > 200 * 5 * 45 * (4 + 4)
     assert got["parquet_bytes"]["train"] > 0 and got["parquet_bytes"]["train_trl"] > 0 and got["growth_bytes"] >= 0
+    # the fit reads the token ids and probabilities, not every answer's text: a fraction of the training set
+    assert 200 * 2 * 45 * 4 < got["fit_input_bytes"] < got["train_arrow_bytes"] / 2
