@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.util.placement_group import NODE_ID_LABEL_KEY
 
 __all__ = ["NODE_WAIT_S", "ActorsLost", "StaleState", "call_every", "in_order", "shutdown_pool",
            "stream_through_actors", "warm_up_streaming"]
@@ -199,7 +200,7 @@ def stream_through_actors(
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=len(actors) * per_actor),
         num_cpus=0,  # forwarders only wait; the long-lived actors hold the CPU reservations
-        scheduling_strategy=_beside_driver(),
+        label_selector=_beside_driver(),
     )
     tables = []
     for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):  # streamed as the blocks finish
@@ -210,12 +211,11 @@ def stream_through_actors(
     return table, ray.get(broker.collect.remote(execution))
 
 
-def _beside_driver() -> Any:
+def _beside_driver() -> dict[str, str]:
     """Where forwarding tasks run (see the module's docstring): the driver's node, the one node a stage cannot
-    lose without losing the driver too."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    lose without losing the driver too. A label selector on the node's id, as Ray Data itself pins local reads
+    (its ``scheduling_strategy`` keyword is deprecated and warns on the progress line)."""
+    return {NODE_ID_LABEL_KEY: ray.get_runtime_context().get_node_id()}
 
 
 def _identity(batch: pa.Table) -> pa.Table:
@@ -230,7 +230,7 @@ def warm_up_streaming(width: int) -> float:
     started = time.perf_counter()
     out = ray.data.from_items([{"i": i} for i in range(width)]).map_batches(
         _identity, batch_size=1, batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=width), num_cpus=0,
-        scheduling_strategy=_beside_driver())
+        label_selector=_beside_driver())
     for _ in out.iter_batches(batch_size=None, batch_format="pyarrow"):
         pass
     return time.perf_counter() - started

@@ -10,6 +10,7 @@ its asterisks, passes), and aggregates the results into IFEval's four accuracies
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
@@ -53,15 +54,28 @@ class Check:
     loose: bool
 
 
-@lru_cache(maxsize=1)
+_REGISTRY_LOCK = threading.Lock()
+
+
 def _registry() -> dict[str, Any]:
     """IFEval's instruction id -> checker class. langdetect (the case checkers) is seeded so a verdict is the same
     on every call, as its README asks: unseeded, a short answer can be detected as English one time and not the
-    next, and a resumed round would judge differently."""
+    next, and a resumed round would judge differently. Its language profiles are loaded here, once and under a
+    lock: langdetect loads them lazily on the first ``detect`` without one, so two first calls at once (a judge
+    actor takes several) could detect with half the profiles loaded, English not yet among them, and a lowercase
+    English answer failed ``change_case:english_lowercase``."""
+    with _REGISTRY_LOCK:
+        return _load_registry()
+
+
+@lru_cache(maxsize=1)
+def _load_registry() -> dict[str, Any]:
     import langdetect
+    from langdetect.detector_factory import init_factory
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
     langdetect.DetectorFactory.seed = 0
+    init_factory()
     return dict(INSTRUCTION_DICT)
 
 

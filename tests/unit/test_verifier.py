@@ -368,3 +368,30 @@ def test_report_plots_accuracy_per_round_and_type(tmp_path):
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     text = report.read_text()
     assert "| pi_1 | greedy | 0.250 | 0.500 | 0.500 | 0.500 |" in text and "instruction_following.png" in text
+
+
+_FIRST_CALLS_AT_ONCE = """
+import threading
+from sppo_ray.instructions import Instruction, check_response
+
+ins, verdicts = (Instruction("change_case:english_lowercase", {}),), []
+start = threading.Barrier(8)
+
+def judge():
+    start.wait()
+    verdicts.append(check_response(ins, "our grey cat is lost, we miss her")[0].strict)
+
+threads = [threading.Thread(target=judge) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(sum(verdicts), len(verdicts))
+"""
+
+
+def test_a_process_first_calls_at_once_all_detect_english():
+    # a judge actor takes several calls at once; langdetect loads its language profiles on the first detect, and
+    # a call that came in while they loaded judged this lowercase English answer as another language (CI, stop 32)
+    for _ in range(3):  # each a fresh process: the profiles load once per process
+        out = subprocess.run([sys.executable, "-c", _FIRST_CALLS_AT_ONCE], capture_output=True, text=True,
+                             timeout=120, check=True)
+        assert out.stdout.split() == ["8", "8"], out.stdout
