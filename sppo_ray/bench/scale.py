@@ -242,9 +242,12 @@ def scale_table(result: dict[str, Any]) -> str:
                      f"({p['arrow_bytes_held'] / mb:.1f}) | {store} | {files} |")
     lines.append("")
     for key in sorted(result["sizes"], key=int):  # where the driver grew (absent from an older run's JSON)
-        if by_stage := result["sizes"][key]["pipeline"].get("driver_growth_by_stage"):
+        p = result["sizes"][key]["pipeline"]
+        if by_stage := p.get("driver_growth_by_stage"):
+            # the sizes run one after another in one driver: a start level that keeps climbing is a per-round leak
             lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
-                         ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()))
+                         ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()) +
+                         f" (RSS at the round's start {p['driver_rss_before'] / mb:.0f} MB)")
     if dataset := result.get("paper_round_dataset_stage"):
         lines.append(f"dataset stage alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
                      f"{dataset['response_tokens']} tokens (synthetic tables of {dataset['tables_arrow_bytes'] / mb:.0f}"

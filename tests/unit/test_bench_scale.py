@@ -72,9 +72,10 @@ def test_the_drivers_growth_is_split_into_the_stages_laid_end_to_end():
     assert by_stage == {"generate": 30, "judge": 30, "dataset": 20, "train": 90}
     in_mb = {stage: b * 2**20 for stage, b in by_stage.items()}
     measured = _measured(0)
-    measured["pipeline"]["driver_growth_by_stage"] = in_mb
+    measured["pipeline"].update(driver_growth_by_stage=in_mb, driver_rss_before=700 * 2**20)
     table = scale_table({"sizes": {"1000": measured}})
-    assert "driver +MB by stage at 1,000 prompts: generate 30, judge 30, dataset 20, train 90" in table
+    assert ("driver +MB by stage at 1,000 prompts: generate 30, judge 30, dataset 20, train 90 (RSS at the round's "
+            "start 700 MB)") in table
 
 
 def test_the_dataset_stage_measured_at_the_papers_shape_adds_to_the_extrapolation():
