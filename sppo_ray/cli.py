@@ -133,6 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="smallest sizes, with a tiny random model of the policy's architecture (what CI runs)")
     p.add_argument("--sizes", type=_prompt_counts, default=None,
                    help="scale: prompts per round to measure, comma-separated (default 1000,2000,5000)")
+    p.add_argument("--rounds", type=int, default=1, choices=range(1, 101), metavar="N",
+                   help="scale: rounds per size in one session (default 1); with more, the driver's RSS at each "
+                        "round's start shows whether it settles or keeps climbing")
     _add_verbose(p)
     return parser
 
@@ -236,7 +239,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sppo_ray.bench.runner import run_benchmarks
 
-    run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny, sizes=args.sizes)
+    run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny, sizes=args.sizes,
+                   rounds=args.rounds)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -17,6 +18,9 @@ class BareVLLM:
 
         self.llm = build_engine(model_path, cfg)  # the generators' engine settings (and Ray options, see callers)
         self.cfg = cfg
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def run(self, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
         from vllm import SamplingParams

@@ -17,7 +17,7 @@ import shutil
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,9 +31,11 @@ __all__ = ["bench_round", "pipeline_round"]
 
 
 def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path,
-                   watch: AbstractContextManager | None = None):
-    """Round 0 on fresh long-lived actors into a fresh ``run_dir``: (its RunDir, the actors' start-up seconds).
-    ``watch`` wraps the round itself, not the start-up."""
+                   watch: Callable[[Any], AbstractContextManager] | None = None, rounds: int = 1,
+                   on_round_start: Callable[[int], None] | None = None):
+    """Round 0 (and the next ``rounds`` - 1 on the same prompts) on fresh long-lived actors into a fresh
+    ``run_dir``: (its RunDir, the actors' start-up seconds). ``watch(session)`` wraps round 0 itself, not the
+    start-up; ``on_round_start(t)`` is called before each round."""
     from sppo_ray.orchestration.driver import run_round
     from sppo_ray.orchestration.metrics import RunMetrics
     from sppo_ray.orchestration.rundir import RunDir
@@ -46,8 +48,12 @@ def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path
     session = Session.start(config, plan.policy_path, plan.judge_path)
     startup = time.perf_counter() - started
     try:
-        with watch or nullcontext():
-            run_round(0, prompts, session, rd, config, RunMetrics(f"{config.name}-bench"))
+        metrics = RunMetrics(f"{config.name}-bench")
+        for t in range(rounds):
+            with watch(session) if watch and t == 0 else nullcontext():
+                if on_round_start is not None:
+                    on_round_start(t)
+                run_round(t, prompts, session, rd, config, metrics)
     finally:
         session.shutdown()
     return rd, startup

@@ -23,8 +23,8 @@ import ray
 from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 
-__all__ = ["SCALE_OVERRIDES", "bench_scale", "growth_by_stage", "linearity", "paper_round_driver_bytes",
-           "scale_prompts", "scale_table"]
+__all__ = ["SCALE_OVERRIDES", "bench_scale", "growth_by_stage", "linearity", "machine_busy_seconds",
+           "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -52,6 +52,28 @@ def scale_prompts(base: list[Prompt], n: int) -> list[Prompt]:
     return out
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds this machine has spent busy since boot, all cores together (everything but idle and I/O wait)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` of this machine have used; one that is gone counts 0."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 class _Peaks:
     """Samples the driver's RSS (and the object store's bytes in use) in a thread while the block runs."""
 
@@ -62,6 +84,9 @@ class _Peaks:
         self.base_rss = self.peak_rss = 0
         self.peak_store: int | None = None
         self.series: list[tuple[float, int]] = []  # (seconds since the block began, RSS)
+        # (seconds since the block began, machine busy CPU s, the engines' processes' CPU s)
+        self.cpu: list[tuple[float, float, float]] = []
+        self.engine_pids: list[int] = []  # the generators' processes, on this machine (set before the block)
         self._started = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -71,22 +96,32 @@ class _Peaks:
         while not self._stop.wait(self._every):
             rss = self._proc.memory_info().rss
             self.peak_rss = max(self.peak_rss, rss)
-            self.series.append((time.monotonic() - self._started, rss))
+            now = time.monotonic() - self._started
+            self.series.append((now, rss))
+            self.cpu.append((now, machine_busy_seconds(), process_cpu_seconds(self.engine_pids)))
             if time.monotonic() - last_store >= 2.0:  # a raylet round trip: less often
                 last_store = time.monotonic()
                 used = self._store()
                 if used is not None:
                     self.peak_store = max(self.peak_store or 0, used)
 
+    def watching(self, session) -> "_Peaks":
+        """This, watching ``session``'s generators' processes too (``pipeline_round``'s ``watch``)."""
+        self.engine_pids = [r["pid"] for r in ray.get([a.ready.remote() for a in session.generator_actors])]
+        return self
+
     def __enter__(self) -> "_Peaks":
         self.base_rss = self.peak_rss = self._proc.memory_info().rss  # after the actors' start-up
         self._started = time.monotonic()
+        self.cpu.append((0.0, machine_busy_seconds(), process_cpu_seconds(self.engine_pids)))
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu.append((time.monotonic() - self._started, machine_busy_seconds(),
+                         process_cpu_seconds(self.engine_pids)))
         self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
 
 
@@ -114,19 +149,37 @@ def _bare_generation(config: RunConfig, policy: Path, prompts: list[Prompt]) -> 
     engine = ray.remote(BareVLLM).options(**generator_options(config.resources)).remote(str(policy),
                                                                                        config.generation)
     try:
+        pid = ray.get(engine.pid.remote())
         ray.get(engine.run.remote([list(p.messages) for p in prompts[:2]]))  # warm-up
+        busy, own = machine_busy_seconds(), process_cpu_seconds([pid])
         measured = ray.get(engine.run.remote([list(p.messages) for p in prompts[:BARE_PROMPTS]]))
+        busy, own = machine_busy_seconds() - busy, process_cpu_seconds([pid]) - own
     finally:
         shutdown_pool([engine])
     return {**measured, "prompts": min(len(prompts), BARE_PROMPTS),
-            "tokens_per_s": measured["tokens"] / measured["seconds"]}
+            "tokens_per_s": measured["tokens"] / measured["seconds"],
+            "cpu_seconds": {"engine": own, "rest": max(0.0, busy - own)}}
 
 
-def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path) -> dict[str, Any]:
+def _settled_rss() -> int:
+    """The driver's RSS once freed memory is handed back (what the driver itself does when a stage ends)."""
+    import gc
+
+    import psutil
+
+    from sppo_ray.orchestration.driver import return_freed_memory
+
+    gc.collect()
+    return_freed_memory()
+    return psutil.Process().memory_info().rss
+
+
+def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path, rounds: int = 1) -> dict[str, Any]:
     from sppo_ray.bench.round import pipeline_round
 
-    peaks = _Peaks(_object_store_bytes)
-    rd, startup = pipeline_round(config, plan, prompts, run_dir, watch=peaks)
+    peaks, starts = _Peaks(_object_store_bytes), []
+    rd, startup = pipeline_round(config, plan, prompts, run_dir, watch=peaks.watching, rounds=rounds,
+                                 on_round_start=lambda t: starts.append(_settled_rss()))
     summary = rd.manifest()["rounds"]["0"]
     files = {name: (run_dir / "round_0" / f"{name}.parquet") for name in ("responses", "tables", "train")}
     arrow = {name: pq.read_table(files[name]).nbytes for name in ("responses", "tables")}  # what the driver holds
@@ -136,7 +189,8 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
             "driver_rss_before": peaks.base_rss, "driver_rss_peak": peaks.peak_rss,
             "driver_growth": peaks.peak_rss - peaks.base_rss,
             "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, summary["seconds"]),
-            "object_store_peak": peaks.peak_store,
+            "generate_cpu_seconds": stage_cpu(peaks.cpu, summary["seconds"], "generate"),
+            "object_store_peak": peaks.peak_store, "driver_rss_at_round_starts": starts,
             "arrow_bytes": arrow, "arrow_bytes_held": sum(arrow.values()),
             "parquet_bytes": {name: f.stat().st_size for name, f in files.items()}}
 
@@ -145,22 +199,46 @@ def growth_by_stage(series: list[tuple[float, int]], base: int, seconds: dict[st
     """The driver's peak RSS over ``base`` within each stage, the stages placed end to end from the round's start
     in their order (``seconds``: the manifest's per-stage seconds; what runs between stages falls to the next).
     A stage starts at the last level sampled before it, so one shorter than the sampling interval is not 0."""
-    out, start = {}, 0.0
-    for stage in STAGES:
-        if stage not in seconds:
-            continue
-        end = start + seconds[stage]
+    out = {}
+    for stage in (s for s in STAGES if s in seconds):
+        start, end = _stage_window(seconds, stage)
         before = [rss for t, rss in series if t < start][-1:] or [base]
         out[stage] = max(before + [rss for t, rss in series if start <= t < end]) - base
-        start = end
     return out
+
+
+def _stage_window(seconds: dict[str, float], stage: str) -> tuple[float, float]:
+    """(start, end) of ``stage`` in seconds since the round's start, the stages laid end to end in their order."""
+    start = 0.0
+    for s in STAGES:
+        if s == stage:
+            return start, start + seconds.get(s, 0.0)
+        start += seconds.get(s, 0.0)
+    raise ValueError(f"no stage {stage!r}")
+
+
+def stage_cpu(samples: list[tuple[float, float, float]], seconds: dict[str, float], stage: str) -> dict[str, float]:
+    """CPU seconds used within ``stage`` from (t, machine busy, engines) samples: {"engine", "rest"}, "rest" being
+    every other process of the machine (the driver, Ray's own processes, the forwarders, idle actors). The stage's
+    edges fall to the last sample at or before each; with no sample inside it both are 0."""
+    start, end = _stage_window(seconds, stage)
+
+    def at(t: float) -> tuple[float, float]:
+        before = [(busy, engine) for when, busy, engine in samples if when <= t]
+        return before[-1] if before else samples[0][1:]
+
+    (b0, e0), (b1, e1) = at(start), at(end)
+    return {"engine": e1 - e0, "rest": max(0.0, (b1 - b0) - (e1 - e0))}
 
 
 def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
                 keep: Callable[[dict[str, Any]], None] | None = None,
-                paper_shape: tuple[int, int] = (PAPER_PROMPTS, PAPER_RESPONSE_TOKENS)) -> dict[str, Any]:
-    """One round at each size (smallest first), the bare engine on the same prompts after each; then the dataset
-    stage alone on synthetic tables of ``paper_shape`` (prompts, response tokens) at the config's K."""
+                paper_shape: tuple[int, int] = (PAPER_PROMPTS, PAPER_RESPONSE_TOKENS),
+                rounds: int = 1) -> dict[str, Any]:
+    """One round at each size (smallest first), the bare engine on the same prompts before and after it; then the
+    dataset stage alone on synthetic tables of ``paper_shape`` (prompts, response tokens) at the config's K.
+    ``rounds`` > 1 runs that many rounds per size in one session (the figures are round 0's; the driver's RSS is
+    recorded at each round's start)."""
     from sppo_ray.bench.paper_round import measure_dataset_stage
 
     base = [p for round_prompts in plan.rounds for p in round_prompts]
@@ -171,7 +249,7 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
     for n in sorted(sizes):
         prompts = scale_prompts(base, n)
         before = _bare_generation(config, plan.policy_path, prompts)
-        pipeline = _pipeline_round(config, plan, prompts, out / f"scale_{n}")
+        pipeline = _pipeline_round(config, plan, prompts, out / f"scale_{n}", rounds)
         after = _bare_generation(config, plan.policy_path, prompts)
         bare_tps = (before["tokens_per_s"] + after["tokens_per_s"]) / 2
         gen_tps = pipeline["generated_tokens"] / pipeline["seconds"]["generate"]
@@ -248,6 +326,19 @@ def scale_table(result: dict[str, Any]) -> str:
             lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
                          ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()) +
                          f" (RSS at the round's start {p['driver_rss_before'] / mb:.0f} MB)")
+    for key in sorted(result["sizes"], key=int):  # several rounds in one session: does the driver settle?
+        if len(starts := result["sizes"][key]["pipeline"].get("driver_rss_at_round_starts", [])) > 1:
+            lines.append(f"driver RSS at each round's start at {int(key):,} prompts, one session: " +
+                         ", ".join(f"{b / mb:.0f}" for b in starts) + " MB")
+    for key in sorted(result["sizes"], key=int):  # where the generation's CPU went (absent from older JSON)
+        s = result["sizes"][key]
+        pipe, bare = s["pipeline"].get("generate_cpu_seconds"), s.get("bare_generation", {})
+        if pipe and "cpu_seconds" in bare.get("before", {}):
+            (b, a), wall = (bare[w]["cpu_seconds"] for w in ("before", "after")), s["pipeline"]["seconds"]["generate"]
+            lines.append(f"CPU s while generating at {int(key):,} prompts: pipeline {wall:.1f} s wall, engine process "
+                         f"{pipe['engine']:.1f} + rest of the machine {pipe['rest']:.1f}; bare engine (before/after) "
+                         f"{b['engine']:.1f}/{a['engine']:.1f} + rest {b['rest']:.1f}/{a['rest']:.1f} over "
+                         f"{bare['before']['seconds']:.1f}/{bare['after']['seconds']:.1f} s wall")
     if dataset := result.get("paper_round_dataset_stage"):
         lines.append(f"dataset stage alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
                      f"{dataset['response_tokens']} tokens (synthetic tables of {dataset['tables_arrow_bytes'] / mb:.0f}"

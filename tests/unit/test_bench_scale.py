@@ -110,3 +110,34 @@ def test_the_dataset_stage_measurement_builds_every_prompts_pair_from_synthetic_
     assert got["parquet_bytes"]["train"] > 0 and got["parquet_bytes"]["train_trl"] > 0 and got["growth_bytes"] >= 0
     # the fit reads the token ids and probabilities, not every answer's text: a fraction of the training set
     assert 200 * 2 * 45 * 4 < got["fit_input_bytes"] < got["train_arrow_bytes"] / 2
+
+
+def test_the_generation_stages_cpu_is_the_engines_and_the_rest_of_the_machines_between_its_edges():
+    # (t, machine busy, engines); generate is [0, 2), judge [2, 3)
+    samples = [(0.0, 100.0, 10.0), (1.0, 101.5, 11.0), (2.0, 103.0, 12.0), (2.5, 104.0, 12.0), (3.0, 104.5, 12.0)]
+    seconds = {"generate": 2.0, "judge": 1.0, "round": 3.5}
+    from sppo_ray.bench.scale import stage_cpu
+
+    assert stage_cpu(samples, seconds, "generate") == {"engine": 2.0, "rest": 1.0}
+    assert stage_cpu(samples, seconds, "judge") == {"engine": 0.0, "rest": 1.5}
+    with pytest.raises(ValueError):
+        stage_cpu(samples, seconds, "sleep")
+
+
+def test_the_table_says_where_the_generations_cpu_went_beside_the_bare_engines():
+    measured = _measured(0)
+    measured["pipeline"]["generate_cpu_seconds"] = {"engine": 19.0, "rest": 3.25}
+    measured["bare_generation"] = {"before": {"seconds": 9.5, "cpu_seconds": {"engine": 18.0, "rest": 1.0}},
+                                   "after": {"seconds": 9.7, "cpu_seconds": {"engine": 18.5, "rest": 1.25}}}
+    table = scale_table({"sizes": {"1000": measured}})
+    assert ("CPU s while generating at 1,000 prompts: pipeline 10.0 s wall, engine process 19.0 + rest of the "
+            "machine 3.2; bare engine (before/after) 18.0/18.5 + rest 1.0/1.2 over 9.5/9.7 s wall") in table
+
+
+def test_several_rounds_in_one_session_print_the_drivers_rss_at_each_rounds_start():
+    measured = _measured(0)
+    measured["pipeline"]["driver_rss_at_round_starts"] = [410 * 2**20, 441 * 2**20, 449 * 2**20]
+    assert ("driver RSS at each round's start at 1,000 prompts, one session: 410, 441, 449 MB"
+            in scale_table({"sizes": {"1000": measured}}))
+    measured["pipeline"]["driver_rss_at_round_starts"] = [410 * 2**20]  # one round: nothing to compare
+    assert "each round's start" not in scale_table({"sizes": {"1000": measured}})
