@@ -348,7 +348,9 @@ def _dir_digest(path: Path, chunk: int = 16 * 2**20) -> str:
 def return_freed_memory() -> None:
     """Hand the heap a stage freed back to the OS (glibc's ``malloc_trim``). Ray's client threads free each task's
     buffers into glibc arenas that otherwise stay resident, so the driver's RSS would keep every stage's high-water
-    mark on top of the next stage's (BENCHMARKS.md "Scale"). Elsewhere (macOS, musl) nothing is done."""
+    mark on top of the next stage's (BENCHMARKS.md "Scale"). Elsewhere (macOS, musl) nothing is done there.
+    Arrow's own pool (mimalloc on Linux) keeps the pages of the blocks a stage read, too: they go back first."""
+    pa.default_memory_pool().release_unused()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
