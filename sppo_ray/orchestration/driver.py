@@ -349,7 +349,8 @@ def return_freed_memory() -> None:
     """Hand the heap a stage freed back to the OS (glibc's ``malloc_trim``). Ray's client threads free each task's
     buffers into glibc arenas that otherwise stay resident, so the driver's RSS would keep every stage's high-water
     mark on top of the next stage's (BENCHMARKS.md "Scale"). Elsewhere (macOS, musl) nothing is done there.
-    Arrow's own pool (mimalloc on Linux) keeps the pages of the blocks a stage read, too: they go back first."""
+    Arrow's pool is asked first (the driver's is the system allocator, ``session.use_system_arrow_pool``; another
+    pool, such as mimalloc in a process that did not switch, keeps the pages of the blocks a stage read)."""
     pa.default_memory_pool().release_unused()
     try:
         ctypes.CDLL(None).malloc_trim(0)
