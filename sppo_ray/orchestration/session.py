@@ -55,7 +55,9 @@ def use_system_arrow_pool() -> None:
     (mimalloc on Linux). Freed pages of mimalloc's pool stayed resident even after its ``release_unused``: judging
     4,000 prompts grew the driver 6-8 MB with it and 0.1 MB with the system pool, and loading the round's responses
     23 MB against 7 (5.6 MB of Arrow). The system allocator's freed pages go back with the driver's ``malloc_trim``
-    after each stage (BENCHMARKS.md "Scale"). The driver does little Arrow compute; the roles keep the default."""
+    after each stage (BENCHMARKS.md "Scale"). The driver does little Arrow compute; the roles keep the default.
+    This is pyarrow's default; Arrow's own C++ default (which Ray and Parquet code allocates from) is chosen by the
+    CLI before pyarrow loads (``sppo_ray.cli``)."""
     pa.set_memory_pool(pa.system_memory_pool())
 
 

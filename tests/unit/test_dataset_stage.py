@@ -61,3 +61,20 @@ def test_the_driver_keeps_its_arrow_memory_on_the_system_allocator(tmp_path):
         assert system.bytes_allocated() - before < 64 * 1024
     finally:
         pa.set_memory_pool(previous)
+
+
+def test_the_cli_puts_arrows_own_default_pool_on_the_system_allocator_and_leaves_the_roles_theirs():
+    """Arrow's C++ code allocates from its default pool, which ``pa.set_memory_pool`` does not change: the CLI
+    chooses it before pyarrow loads, and unsets the variable again so that the processes it starts keep mimalloc."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    code = ("import os, sppo_ray.cli, pyarrow as pa; "
+            "print(pa.default_memory_pool().backend_name, os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["system", "None"]
+    child = subprocess.run([sys.executable, "-c", "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert child.stdout.strip() != "system"  # a process without the CLI (a role) keeps Arrow's default
