@@ -32,10 +32,11 @@ __all__ = ["bench_round", "pipeline_round"]
 
 def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path,
                    watch: Callable[[Any], AbstractContextManager] | None = None, rounds: int = 1,
-                   on_round_start: Callable[[int], None] | None = None):
+                   on_round_start: Callable[[int], None] | None = None, metrics=None):
     """Round 0 (and the next ``rounds`` - 1 on the same prompts) on fresh long-lived actors into a fresh
     ``run_dir``: (its RunDir, the actors' start-up seconds). ``watch(session)`` wraps round 0 itself, not the
-    start-up; ``on_round_start(t)`` is called before each round."""
+    start-up; ``on_round_start(t)`` is called before each round; ``metrics``: the driver's RunMetrics (told each
+    stage as it starts), a fresh one by default."""
     from sppo_ray.orchestration.driver import run_round
     from sppo_ray.orchestration.metrics import RunMetrics
     from sppo_ray.orchestration.rundir import RunDir
@@ -48,7 +49,7 @@ def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path
     session = Session.start(config, plan.policy_path, plan.judge_path)
     startup = time.perf_counter() - started
     try:
-        metrics = RunMetrics(f"{config.name}-bench")
+        metrics = metrics or RunMetrics(f"{config.name}-bench")
         for t in range(rounds):
             with watch(session) if watch and t == 0 else nullcontext():
                 if on_round_start is not None:

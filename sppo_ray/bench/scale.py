@@ -22,9 +22,11 @@ import ray
 
 from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
+from sppo_ray.orchestration.metrics import RunMetrics
 
 __all__ = ["SCALE_OVERRIDES", "bench_scale", "growth_by_stage", "linearity", "machine_busy_seconds",
-           "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu"]
+           "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu",
+           "stage_windows"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -87,6 +89,7 @@ class _Peaks:
         # (seconds since the block began, machine busy CPU s, the engines' processes' CPU s)
         self.cpu: list[tuple[float, float, float]] = []
         self.engine_pids: list[int] = []  # the generators' processes, on this machine (set before the block)
+        self.stage_starts: list[tuple[str, float]] = []  # (stage, seconds since the block began), in order
         self._started = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -110,6 +113,14 @@ class _Peaks:
         self.engine_pids = [r["pid"] for r in ray.get([a.ready.remote() for a in session.generator_actors])]
         return self
 
+    def stage_started(self, stage: str) -> None:
+        if self._started:  # only within the block (round 0)
+            self.stage_starts.append((stage, time.monotonic() - self._started))
+
+    def windows(self) -> dict[str, tuple[float, float]]:
+        """Each stage's (start, end) in the block, from the moments the driver entered them."""
+        return stage_windows(self.stage_starts, self.series[-1][0] if self.series else float("inf"))
+
     def __enter__(self) -> "_Peaks":
         self.base_rss = self.peak_rss = self._proc.memory_info().rss  # after the actors' start-up
         self._started = time.monotonic()
@@ -123,6 +134,19 @@ class _Peaks:
         self.cpu.append((time.monotonic() - self._started, machine_busy_seconds(),
                          process_cpu_seconds(self.engine_pids)))
         self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+        self._started = 0.0
+
+
+class _StageClock(RunMetrics):
+    """The driver's metrics, also telling the sampler when each stage starts (the stages' true edges)."""
+
+    def __init__(self, run_name: str, peaks: _Peaks) -> None:
+        super().__init__(run_name)
+        self._peaks = peaks
+
+    def stage(self, round_: int, stage: str) -> None:
+        super().stage(round_, stage)
+        self._peaks.stage_started(stage)
 
 
 def _object_store_bytes() -> int | None:
@@ -179,7 +203,8 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
 
     peaks, starts = _Peaks(_object_store_bytes), []
     rd, startup = pipeline_round(config, plan, prompts, run_dir, watch=peaks.watching, rounds=rounds,
-                                 on_round_start=lambda t: starts.append(_settled_rss()))
+                                 on_round_start=lambda t: starts.append(_settled_rss()),
+                                 metrics=_StageClock(f"{config.name}-bench", peaks))
     summary = rd.manifest()["rounds"]["0"]
     files = {name: (run_dir / "round_0" / f"{name}.parquet") for name in ("responses", "tables", "train")}
     arrow = {name: pq.read_table(files[name]).nbytes for name in ("responses", "tables")}  # what the driver holds
@@ -188,40 +213,39 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
             "mean_response_tokens": summary["mean_response_tokens"],
             "driver_rss_before": peaks.base_rss, "driver_rss_peak": peaks.peak_rss,
             "driver_growth": peaks.peak_rss - peaks.base_rss,
-            "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, summary["seconds"]),
-            "generate_cpu_seconds": stage_cpu(peaks.cpu, summary["seconds"], "generate"),
+            "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, peaks.windows()),
+            "generate_cpu_seconds": stage_cpu(peaks.cpu, peaks.windows(), "generate"),
             "object_store_peak": peaks.peak_store, "driver_rss_at_round_starts": starts,
             "arrow_bytes": arrow, "arrow_bytes_held": sum(arrow.values()),
             "parquet_bytes": {name: f.stat().st_size for name, f in files.items()}}
 
 
-def growth_by_stage(series: list[tuple[float, int]], base: int, seconds: dict[str, float]) -> dict[str, int]:
-    """The driver's peak RSS over ``base`` within each stage, the stages placed end to end from the round's start
-    in their order (``seconds``: the manifest's per-stage seconds; what runs between stages falls to the next).
-    A stage starts at the last level sampled before it, so one shorter than the sampling interval is not 0."""
+def growth_by_stage(series: list[tuple[float, int]], base: int,
+                    windows: dict[str, tuple[float, float]]) -> dict[str, int]:
+    """The driver's peak RSS over ``base`` within each stage's (start, end) window (``stage_windows``). A stage
+    starts at the last level sampled before it, so one shorter than the sampling interval is not 0."""
     out = {}
-    for stage in (s for s in STAGES if s in seconds):
-        start, end = _stage_window(seconds, stage)
+    for stage, (start, end) in windows.items():
         before = [rss for t, rss in series if t < start][-1:] or [base]
         out[stage] = max(before + [rss for t, rss in series if start <= t < end]) - base
     return out
 
 
-def _stage_window(seconds: dict[str, float], stage: str) -> tuple[float, float]:
-    """(start, end) of ``stage`` in seconds since the round's start, the stages laid end to end in their order."""
-    start = 0.0
-    for s in STAGES:
-        if s == stage:
-            return start, start + seconds.get(s, 0.0)
-        start += seconds.get(s, 0.0)
-    raise ValueError(f"no stage {stage!r}")
+def stage_windows(starts: list[tuple[str, float]], end: float) -> dict[str, tuple[float, float]]:
+    """Each stage's (start, end) from the moments the driver entered the stages (``starts``, in order): a stage
+    runs to the next one's start, the last to ``end``; what the driver does between stages falls to the earlier."""
+    edges = [t for _, t in starts[1:]] + [end]
+    return {stage: (t, edge) for (stage, t), edge in zip(starts, edges)}
 
 
-def stage_cpu(samples: list[tuple[float, float, float]], seconds: dict[str, float], stage: str) -> dict[str, float]:
-    """CPU seconds used within ``stage`` from (t, machine busy, engines) samples: {"engine", "rest"}, "rest" being
-    every other process of the machine (the driver, Ray's own processes, the forwarders, idle actors). The stage's
-    edges fall to the last sample at or before each; with no sample inside it both are 0."""
-    start, end = _stage_window(seconds, stage)
+def stage_cpu(samples: list[tuple[float, float, float]], windows: dict[str, tuple[float, float]],
+              stage: str) -> dict[str, float]:
+    """CPU seconds used within ``stage``'s window from (t, machine busy, engines) samples: {"engine", "rest"},
+    "rest" being every other process of the machine (the driver, Ray's own processes, the forwarders, idle actors).
+    The stage's edges fall to the last sample at or before each; with no sample inside it both are 0."""
+    if stage not in windows:
+        raise ValueError(f"no stage {stage!r}")
+    start, end = windows[stage]
 
     def at(t: float) -> tuple[float, float]:
         before = [(busy, engine) for when, busy, engine in samples if when <= t]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sppo_ray.bench.scale import growth_by_stage, linearity, paper_round_driver_bytes, scale_prompts, scale_table
+from sppo_ray.bench.scale import (growth_by_stage, linearity, paper_round_driver_bytes, scale_prompts, scale_table,
+                                  stage_windows)
 from sppo_ray.data.prompts import Prompt
 
 pytestmark = pytest.mark.unit
@@ -63,13 +64,20 @@ def test_the_table_has_a_row_per_size_in_order():
     assert "| 0.97 |" in table[2]
 
 
-def test_the_drivers_growth_is_split_into_the_stages_laid_end_to_end():
+def test_the_drivers_growth_is_split_at_the_moments_the_driver_entered_each_stage():
     series = [(0.5, 110), (1.5, 130), (2.5, 120), (3.5, 190), (9.0, 100)]
-    # generate [0, 2), judge [2, 3), dataset [3, 3) (no sample: the level it started at), train [3, 4); the
-    # round's total is not a stage
-    by_stage = growth_by_stage(series, 100, {"generate": 2.0, "judge": 1.0, "dataset": 0.0, "train": 1.0,
-                                             "round": 10.0})
+    # generate [0, 2.2): its end (the 2.5-s sample is after judging began) stays out of it; judge [2.2, 3.0);
+    # dataset [3.0, 3.0) (no sample: the level it started at); train [3.0, 9.5)
+    windows = stage_windows([("generate", 0.0), ("judge", 2.2), ("dataset", 3.0), ("train", 3.0)], end=9.5)
+    assert windows == {"generate": (0.0, 2.2), "judge": (2.2, 3.0), "dataset": (3.0, 3.0), "train": (3.0, 9.5)}
+    by_stage = growth_by_stage(series, 100, windows)
     assert by_stage == {"generate": 30, "judge": 30, "dataset": 20, "train": 90}
+    # a stage's memory is its own: generation's end at 1.9 s is not judging's
+    late = growth_by_stage([(0.5, 110), (1.9, 160), (2.5, 120)], 100, stage_windows(
+        [("generate", 0.0), ("judge", 2.2)], end=3.0))
+    assert late == {"generate": 60, "judge": 60}  # judging starts at the level generation left (1.9 s)
+    assert growth_by_stage([(0.5, 110), (1.9, 160), (2.1, 105), (2.5, 120)], 100, stage_windows(
+        [("generate", 0.0), ("judge", 2.0)], end=3.0)) == {"generate": 60, "judge": 60}
     in_mb = {stage: b * 2**20 for stage, b in by_stage.items()}
     measured = _measured(0)
     measured["pipeline"].update(driver_growth_by_stage=in_mb, driver_rss_before=700 * 2**20)
@@ -115,7 +123,7 @@ def test_the_dataset_stage_measurement_builds_every_prompts_pair_from_synthetic_
 def test_the_generation_stages_cpu_is_the_engines_and_the_rest_of_the_machines_between_its_edges():
     # (t, machine busy, engines); generate is [0, 2), judge [2, 3)
     samples = [(0.0, 100.0, 10.0), (1.0, 101.5, 11.0), (2.0, 103.0, 12.0), (2.5, 104.0, 12.0), (3.0, 104.5, 12.0)]
-    seconds = {"generate": 2.0, "judge": 1.0, "round": 3.5}
+    seconds = stage_windows([("generate", 0.0), ("judge", 2.0)], end=3.0)
     from sppo_ray.bench.scale import stage_cpu
 
     assert stage_cpu(samples, seconds, "generate") == {"engine": 2.0, "rest": 1.0}
