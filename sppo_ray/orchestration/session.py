@@ -24,6 +24,7 @@ from sppo_ray.generation.stage import CALLS_PER_GENERATOR, build_generator_actor
 from sppo_ray.judging.stage import build_judge_actors
 from sppo_ray.orchestration.colocation import Colocation, Residency
 from sppo_ray.orchestration.verbosity import configure_driver_output, verbose
+from sppo_ray.training.trainer import load_fit_modules
 
 __all__ = ["Session", "init_ray", "object_store_weights", "use_system_arrow_pool"]
 
@@ -69,12 +70,17 @@ def _restart(actors: list[Any], wait_s: float) -> None:
 
 
 def _warm_up_streaming_thread(width: int) -> threading.Thread:
-    """Ray Data's start-up in the driver, in a thread while the actors load (``actor_pool.warm_up_streaming``)."""
+    """Ray Data's start-up in the driver, in a thread while the actors load (``actor_pool.warm_up_streaming``),
+    then the fit's modules (``training.trainer.load_fit_modules``)."""
     def warm() -> None:
         try:
             warm_up_streaming(width)
         except Exception as err:  # noqa: BLE001 - a head start only: the first stage then pays the start-up itself
             logging.getLogger(__name__).warning("Ray Data warm-up failed (%s: %s)", type(err).__name__, err)
+        try:
+            load_fit_modules()
+        except ImportError as err:  # the first fit raises it again, after generation and judging: say so now
+            logging.getLogger(__name__).warning("Ray Train cannot be imported, training will fail: %s", err)
 
     thread = threading.Thread(target=warm, name="sppo-ray-data-warm-up", daemon=True)
     thread.start()
