@@ -205,7 +205,7 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
     rd, startup = pipeline_round(config, plan, prompts, run_dir, watch=peaks.watching, rounds=rounds,
                                  on_round_start=lambda t: starts.append(_settled_rss()),
                                  metrics=_StageClock(f"{config.name}-bench", peaks))
-    summary = rd.manifest()["rounds"]["0"]
+    summary, windows = rd.manifest()["rounds"]["0"], peaks.windows()
     files = {name: (run_dir / "round_0" / f"{name}.parquet") for name in ("responses", "tables", "train")}
     arrow = {name: pq.read_table(files[name]).nbytes for name in ("responses", "tables")}  # what the driver holds
     return {"actor_startup_seconds": startup, "seconds": summary["seconds"],
@@ -213,8 +213,8 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
             "mean_response_tokens": summary["mean_response_tokens"],
             "driver_rss_before": peaks.base_rss, "driver_rss_peak": peaks.peak_rss,
             "driver_growth": peaks.peak_rss - peaks.base_rss,
-            "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, peaks.windows()),
-            "generate_cpu_seconds": stage_cpu(peaks.cpu, peaks.windows(), "generate"),
+            "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, windows),
+            "generate_cpu_seconds": stage_cpu(peaks.cpu, windows, "generate"),
             "object_store_peak": peaks.peak_store, "driver_rss_at_round_starts": starts,
             "arrow_bytes": arrow, "arrow_bytes_held": sum(arrow.values()),
             "parquet_bytes": {name: f.stat().st_size for name, f in files.items()}}
