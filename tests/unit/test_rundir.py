@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from sppo_ray.orchestration.rundir import RunDir, changed_keys, package_versions
+from sppo_ray.orchestration.rundir import ROW_GROUP_ROWS, RunDir, changed_keys, package_versions
 
 pytestmark = pytest.mark.unit
 
@@ -24,6 +24,20 @@ def test_parquet_round_trip(tmp_path):
     assert rd.exists("round_0/responses.parquet")
     back = rd.read_parquet("round_0/responses.parquet")
     assert back.equals(table)
+
+
+def test_a_tables_bytes_on_disk_do_not_depend_on_how_its_rows_were_chunked(tmp_path):
+    # a resumed stage's table is chunked otherwise than an undisturbed one's (its old chunks, then new blocks)
+    rd = RunDir(str(tmp_path / "run"))
+    n = 3 * ROW_GROUP_ROWS + 7
+    table = pa.table({"prompt_id": [f"p{i}" for i in range(n)], "text": ["x" * (i % 97) for i in range(n)]})
+    whole = rd.write_parquet("whole.parquet", table)
+    for size in (64, 37, ROW_GROUP_ROWS + 1):
+        parts = pa.concat_tables([table.slice(i, size) for i in range(0, n, size)])
+        assert rd.write_parquet(f"parts_{size}.parquet", parts) == whole
+    assert rd.read_parquet("whole.parquet").equals(table)
+    assert rd.write_parquet("empty.parquet", table.schema.empty_table())
+    assert rd.read_parquet("empty.parquet").num_rows == 0
 
 
 def test_json_round_trip_and_overwrite(tmp_path):
