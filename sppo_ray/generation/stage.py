@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from sppo_ray.actor_pool import NODE_WAIT_S, in_order, stream_through_actors
@@ -161,6 +162,18 @@ def _batch_size(prompts: int, actors: int, configured: int) -> int:
     return max(1, min(configured, math.ceil(prompts / (actors * CALLS_PER_GENERATOR))))
 
 
+def _prompt_blocks(prompts: list[Prompt], batch_size: int) -> "ray.data.Dataset":
+    """The prompts as a Ray Dataset of Arrow blocks of one call each (a block is at most one task: one block of
+    all would run the calls one after another), built a block at a time rather than from a Python dict per
+    prompt."""
+    schema = pa.schema([("prompt_id", pa.string()), ("messages_json", pa.string())])
+    return ray.data.from_arrow([
+        pa.table([pa.array([p.id for p in part], pa.string()),
+                  pa.array([json.dumps(list(p.messages)) for p in part], pa.string())], schema=schema)
+        for part in (prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size))
+    ])
+
+
 def run_generation_stage(
     prompts: list[Prompt],
     generator_actors: list[Any],
@@ -185,14 +198,14 @@ def run_generation_stage(
     todo = [p for p in prompts if p.id not in done]
     tables, records = [finished] if finished is not None else [], []
     if todo:
-        ds = ray.data.from_items([{"prompt_id": p.id, "messages_json": json.dumps(list(p.messages))} for p in todo])
+        batch_size = _batch_size(len(todo), len(generator_actors), cfg.batch_size)
         table, records = stream_through_actors(
-            ds,
+            _prompt_blocks(todo, batch_size),
             generator_actors,
             "generate",
             kwargs={"iteration": iteration, "expected_version": weights.version, "samples": samples},
             schema=GENERATION_SCHEMA,
-            batch_size=_batch_size(len(todo), len(generator_actors), cfg.batch_size),
+            batch_size=batch_size,
             per_actor=CALLS_PER_GENERATOR,
             recover=("load_policy", weights_args(weights)),
             on_block=on_rows,
@@ -202,6 +215,6 @@ def run_generation_stage(
     table = in_order(pa.concat_tables(tables) if tables else GENERATION_SCHEMA.empty_table(), "prompt_id",
                      [p.id for p in prompts])
     rejects = [r for r in records if r["reason"] != "truncated"]
-    generated = sum(sum(n) for n in table.column("num_tokens").to_pylist())
-    truncated = sum(bool(x) for x in table.column("truncated").to_pylist())
+    generated = pc.sum(pc.list_flatten(table.column("num_tokens"))).as_py() or 0
+    truncated = pc.sum(table.column("truncated").cast(pa.int64())).as_py() or 0
     return GenerationResult(table, rejects, truncated, time.perf_counter() - started, generated, len(done))
