@@ -24,7 +24,7 @@ from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.orchestration.metrics import RunMetrics
 
-__all__ = ["SCALE_OVERRIDES", "bench_scale", "growth_by_stage", "linearity", "machine_busy_seconds",
+__all__ = ["SCALE_OVERRIDES", "bench_scale", "driver_growth_slope", "growth_by_stage", "linearity", "machine_busy_seconds",
            "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu",
            "stage_windows"]
 
@@ -288,6 +288,7 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
         if keep is not None:  # written after each size: a later size failing loses nothing
             keep(result)
     result["linearity"] = linearity(result["sizes"])
+    result["driver_growth_per_table_byte"] = driver_growth_slope(result["sizes"])
     result["paper_round_dataset_stage"] = dataset = measure_dataset_stage(paper_shape[0], config.generation.k,
                                                                           paper_shape[1])
     largest = result["sizes"][str(max(sizes))]
@@ -301,6 +302,17 @@ def linearity(sizes: dict[str, dict[str, Any]]) -> dict[str, float]:
     ordered = sorted(sizes.values(), key=lambda s: s["prompts"])
     small, large = ordered[0]["seconds_per_1k_prompts"], ordered[-1]["seconds_per_1k_prompts"]
     return {s: large[s] / small[s] for s in small if small[s] > 0}
+
+
+def driver_growth_slope(sizes: dict[str, dict[str, Any]]) -> float | None:
+    """How much more the driver grew per byte more of the round's tables it held, from the smallest size to the
+    largest: 1.0 is a driver that holds each table once and nothing else that grows with the round; what it grows
+    by at every size alike (a stage's Ray Data execution, the first fit's imports) does not enter. None with one
+    size, or with sizes that hold the same bytes."""
+    ordered = sorted(sizes.values(), key=lambda s: s["prompts"])
+    small, large = ordered[0]["pipeline"], ordered[-1]["pipeline"]
+    held = large["arrow_bytes_held"] - small["arrow_bytes_held"]
+    return (large["driver_growth"] - small["driver_growth"]) / held if held > 0 else None
 
 
 def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_bytes: float = 0,
@@ -363,6 +375,8 @@ def scale_table(result: dict[str, Any]) -> str:
                          f"{pipe['engine']:.1f} + rest of the machine {pipe['rest']:.1f}; bare engine (before/after) "
                          f"{b['engine']:.1f}/{a['engine']:.1f} + rest {b['rest']:.1f}/{a['rest']:.1f} over "
                          f"{bare['before']['seconds']:.1f}/{bare['after']['seconds']:.1f} s wall")
+    if (slope := result.get("driver_growth_per_table_byte")) is not None:
+        lines.append(f"driver growth per MB more of the round's tables, smallest size to largest: {slope:.2f} MB")
     if dataset := result.get("paper_round_dataset_stage"):
         lines.append(f"dataset stage alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
                      f"{dataset['response_tokens']} tokens (synthetic tables of {dataset['tables_arrow_bytes'] / mb:.0f}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sppo_ray.bench.scale import (growth_by_stage, linearity, paper_round_driver_bytes, scale_prompts, scale_table,
+from sppo_ray.bench.scale import (driver_growth_slope, growth_by_stage, linearity, paper_round_driver_bytes, scale_prompts, scale_table,
                                   stage_windows)
 from sppo_ray.data.prompts import Prompt
 
@@ -55,6 +55,16 @@ def test_the_paper_round_scales_responses_by_tokens_and_tables_by_prompts_only()
     assert est["fixed_overhead_bytes"] == 5_000_000 and est["driver_growth_bytes"] == pytest.approx(arrow + 5e6)
     # a driver that grew less than the tables it holds is not extrapolated below them
     assert paper_round_driver_bytes(_measured(growth=1_000), k=5)["driver_growth_bytes"] == pytest.approx(arrow)
+
+
+def test_the_drivers_growth_per_table_byte_leaves_out_what_every_size_pays_alike():
+    small, large = _measured(growth=15_000_000), _measured(growth=27_000_000)
+    large["prompts"], large["pipeline"]["arrow_bytes_held"] = 5000, 13_000_000
+    # 12 MB more growth for 8 MB more tables: the 10 MB both sizes pay beyond their tables is no part of it
+    assert driver_growth_slope({"5000": large, "1000": small}) == pytest.approx(1.5)
+    assert driver_growth_slope({"1000": small}) is None
+    result = {"sizes": {"1000": small, "5000": large}, "driver_growth_per_table_byte": 1.5}
+    assert "driver growth per MB more of the round's tables, smallest size to largest: 1.50 MB" in scale_table(result)
 
 
 def test_the_table_has_a_row_per_size_in_order():
