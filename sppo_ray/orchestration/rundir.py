@@ -124,7 +124,7 @@ class RunDir:
         out.writer.close()
         digest = hashlib.sha256()
         with self.fs.open_input_stream(tmp) as f:
-            while block := f.read(16 << 20):
+            while block := f.read(1 << 20):
                 digest.update(block)
         out.digest = digest.hexdigest()
         self._commit(tmp, final)
