@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "log_role_output", "role_env", "set_role_log_dir", "verbose", "where_am_i"]
+__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "log_role_output", "process_rss", "role_env", "set_role_log_dir", "trim_heap",
+           "verbose", "where_am_i"]
 
 VERBOSE_ENV = "SPPO_RAY_VERBOSE"
 # In a role's environment: RUN_DIR/logs, where the role's process writes its output (see log_role_output).
@@ -20,6 +21,27 @@ LOG_DIR_ENV = "SPPO_RAY_LOG_DIR"
 # The driver's run log dir, handed to the roles it starts through role_env() (never its own environment: the
 # driver's own output stays on its terminal).
 _role_log_dir: str | None = None
+
+
+def trim_heap() -> None:
+    """Hand the pages this process's C heap has freed back to the OS (glibc's ``malloc_trim``; elsewhere, such as
+    macOS or musl, nothing is done). glibc keeps what a burst of allocations freed, so a process's RSS keeps each
+    stage's high-water mark (BENCHMARKS.md "Scale")."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def process_rss() -> int:
+    """This process's resident bytes (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
 
 
 def set_role_log_dir(path: str | None) -> None:

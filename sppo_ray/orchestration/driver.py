@@ -6,7 +6,6 @@ finished stages instead of repeating them, so it produces the same data as an un
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import time
@@ -34,7 +33,7 @@ from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
 from sppo_ray.orchestration.tracking import Tracker, build_tracker, round_metrics, train_step_metrics
-from sppo_ray.runtime import set_role_log_dir, verbose
+from sppo_ray.runtime import set_role_log_dir, trim_heap, verbose
 from sppo_ray.training.trainer import run_training
 
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
@@ -203,6 +202,7 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation,
                                   finished=finished, on_rows=chunks.sink(progress),
                                   wait_s=config.resources.node_wait_s)
+    engines = session.release_generator_memory()
     if progress is not None:
         progress.add(len(result.rejects))  # handled too: skipped, so that the stage ends at total/total
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
@@ -210,7 +210,8 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     digest = rd.write_parquet(rel, result.table)
     rd.record(t, "generate", outputs={rel: digest}, seconds=result.seconds, policy_version=session.weights.version,
               inputs=inputs, prompts=len(prompts), rejected=len(rejects), truncated=result.truncated,
-              generated_tokens=result.generated_tokens, **({"from_chunks": result.reused} if result.reused else {}))
+              generated_tokens=result.generated_tokens, **({"from_chunks": result.reused} if result.reused else {}),
+              engine_rss_mb={k: [round(e[f"rss_{k}"] / 2**20) for e in engines] for k in ("before", "after")})
     chunks.clear()
     return result.table
 
@@ -352,10 +353,7 @@ def return_freed_memory() -> None:
     Arrow's pool is asked first (the driver's is the system allocator, ``session.use_system_arrow_pool``; another
     pool, such as mimalloc in a process that did not switch, keeps the pages of the blocks a stage read)."""
     pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 class _Timer:

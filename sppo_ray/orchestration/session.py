@@ -201,6 +201,20 @@ class Session:
         except Exception as err:  # noqa: BLE001 - a failed run's dead actors must not hide the run's own error
             return {"error": f"{type(err).__name__}: {err}"}
 
+    def release_generator_memory(self, timeout_s: float = 10.0) -> list[dict[str, int]]:
+        """Each generator hands the host memory its engine freed back to the OS (after a generation stage); their
+        resident bytes before and after. Best effort: a generator that has not answered within ``timeout_s`` (its
+        node lost, say) is left out, and the next stage finds out about it."""
+        refs = [a.release_memory.remote() for a in self.generator_actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        released = []
+        for ref in ready:
+            try:
+                released.append(ray.get(ref))
+            except Exception:  # noqa: BLE001 - freeing memory never fails a run
+                pass
+        return released
+
     def fingerprints(self, text: str) -> list[dict[str, Any]]:
         """Every generator's per-token log-probs of ``text`` under the weights it holds (see
         ``GeneratorActor.prompt_logprobs``): equal across generators after a broadcast, and equal to the export's."""

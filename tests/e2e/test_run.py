@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from e2e_helpers import cli, write_config
 
@@ -27,6 +28,16 @@ def test_run_completes_and_records_every_stage(tiny_run):
     assert "SPPO run summary" in tiny_run["stdout"] and "── round 1" in tiny_run["stdout"]
     for t in (0, 1):
         assert (tiny_run["dir"] / f"round_{t}" / "model" / "model.safetensors").is_file()
+
+
+def test_each_generation_stage_records_the_engines_memory_it_handed_back(tiny_run):
+    manifest = json.loads((tiny_run["dir"] / "manifest.json").read_text())
+    config = yaml.safe_load((tiny_run["dir"] / "config.yaml").read_text())
+    for t in (0, 1):
+        rss = manifest["stages"][f"round_{t}/generate"]["engine_rss_mb"]
+        assert len(rss["before"]) == len(rss["after"]) == config["resources"]["generators"]
+        # a vLLM engine's process holds hundreds of MB; freeing its heap never makes it larger (1 MB: rounding)
+        assert all(b > 100 and a <= b + 1 for b, a in zip(rss["before"], rss["after"]))
 
 
 def test_output_is_quiet_by_default(tiny_run):
