@@ -11,7 +11,6 @@ Arrow bytes of what the driver reads of train.parquet for the fit (after it has 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from sppo_ray.arrow_lists import lists_of
+from sppo_ray.runtime import process_rss
 
 __all__ = ["measure_dataset_stage", "synthetic_round"]
 
@@ -72,18 +72,13 @@ def synthetic_round(prompts: int, k: int, response_tokens: int, prompt_tokens: i
     return responses, judged
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def _peak_while(fn: Any, every_s: float = 0.01) -> tuple[Any, int, float]:
     """(fn(), the process's peak RSS while it ran, its seconds), RSS sampled in a thread."""
-    peak, stop = [_rss()], threading.Event()
+    peak, stop = [process_rss()], threading.Event()
 
     def sample() -> None:
         while not stop.wait(every_s):
-            peak[0] = max(peak[0], _rss())
+            peak[0] = max(peak[0], process_rss())
 
     thread = threading.Thread(target=sample, daemon=True)
     started = time.perf_counter()
@@ -93,7 +88,7 @@ def _peak_while(fn: Any, every_s: float = 0.01) -> tuple[Any, int, float]:
     finally:
         stop.set()
         thread.join()
-    return out, max(peak[0], _rss()), time.perf_counter() - started
+    return out, max(peak[0], process_rss()), time.perf_counter() - started
 
 
 def _write_inputs(folder: str, prompts: int, k: int, response_tokens: int) -> None:
@@ -118,7 +113,7 @@ def _measure_here(folder: str) -> dict[str, Any]:
     rd = RunDir(f"{folder}/run")
     for stage in ("generate", "judge"):
         rd.record(0, stage, outputs={}, seconds=0.0)
-    base = _rss()
+    base = process_rss()
     _, peak, seconds = _peak_while(lambda: _dataset(0, responses, judged, rd))
     files = {name: rd.fs.get_file_info(rd.path(f"round_0/{name}.parquet")).size for name in ("train", "train_trl")}
     train = rd.path("round_0/train.parquet")

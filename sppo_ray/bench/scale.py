@@ -24,8 +24,8 @@ from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.orchestration.metrics import RunMetrics
 
-__all__ = ["SCALE_OVERRIDES", "bench_scale", "driver_growth_slope", "growth_by_stage", "linearity", "machine_busy_seconds",
-           "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu",
+__all__ = ["SCALE_OVERRIDES", "bench_scale", "driver_growth_slope", "growth_by_stage", "linearity",
+           "machine_busy_seconds", "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu",
            "stage_windows"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a

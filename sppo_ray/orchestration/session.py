@@ -206,9 +206,9 @@ class Session:
         resident bytes before and after. Best effort: a generator that has not answered within ``timeout_s`` (its
         node lost, say) is left out, and the next stage finds out about it."""
         refs = [a.release_memory.remote() for a in self.generator_actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0])
         released = []
-        for ref in ready:
+        for ref in (r for r in refs if r in ready):  # in the generators' order
             try:
                 released.append(ray.get(ref))
             except Exception:  # noqa: BLE001 - freeing memory never fails a run

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sppo_ray.bench.scale import (driver_growth_slope, growth_by_stage, linearity, paper_round_driver_bytes, scale_prompts, scale_table,
-                                  stage_windows)
+from sppo_ray.bench.scale import (driver_growth_slope, growth_by_stage, linearity, paper_round_driver_bytes,
+                                  scale_prompts, scale_table, stage_windows)
 from sppo_ray.data.prompts import Prompt
 
 pytestmark = pytest.mark.unit
