@@ -180,6 +180,7 @@ def stream_through_actors(
     on_block: Callable[[pa.Table], None] | None = None,
     wait_s: float = NODE_WAIT_S,
     key: str = "prompt_id",
+    keep: bool = True,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Run ``ds`` through ``actor.<method>`` batch by batch, at most ``per_actor`` batches per actor at a time
     (more than 1 needs actors that take concurrent calls).
@@ -189,7 +190,8 @@ def stream_through_actors(
     called with each block of output rows as it arrives (in completion order), while the rest is still running.
     A batch whose actors die is retried for ``wait_s`` seconds, then the stage fails with :class:`ActorsLost`.
     ``key`` is a column that tells batches apart (its first value names the batch's side records).
-    Returns (output table, side records).
+    Returns (output table, side records); with ``keep`` False the rows go only to ``on_block`` and the table is
+    empty (a caller that writes them as they come holds none).
     """
     broker, execution = _broker_for(actors), uuid.uuid4().hex
     out = ds.map_batches(
@@ -204,7 +206,8 @@ def stream_through_actors(
     )
     tables = []
     for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):  # streamed as the blocks finish
-        tables.append(block)
+        if keep:
+            tables.append(block)
         if on_block is not None and block.num_rows:
             on_block(block)
     table = pa.concat_tables(tables) if tables else schema.empty_table()

@@ -1,11 +1,12 @@
-"""The driver's dataset stage at the paper's round, on synthetic tables of its shape (no engines, no Ray cluster).
+"""The driver's own work at the paper's round, on synthetic tables of its shape (no engines, no Ray cluster).
 
 At the scale benchmark's settings (16-token answers) the round's tables are a few MB, so whatever the dataset stage
 does per token cannot show. The paper's round is 20,000 prompts × K = 5 answers of ~450 tokens: its responses table
 alone holds 45 M token ids. This builds a responses table and a judged table of that shape (random token ids and
-text, every prompt with a preference), then measures in a fresh process the driver's resident memory over those
-tables while the driver's own ``_dataset`` builds and writes train.parquet and train_trl.parquet from them, and the
-Arrow bytes of what the driver reads of train.parquet for the fit (after it has let go of the tables).
+text, every prompt with a preference), then measures in a fresh process the driver's resident memory over the judged
+table it holds while its generation stage spools and assembles the responses, while its own ``_dataset`` builds
+and writes train.parquet and train_trl.parquet from them, and the Arrow bytes of what the driver reads of
+train.parquet for the fit.
 """
 
 from __future__ import annotations
@@ -95,31 +96,66 @@ def _write_inputs(folder: str, prompts: int, k: int, response_tokens: int) -> No
     import pyarrow.parquet as pq
 
     responses, judged = synthetic_round(prompts, k, response_tokens)
-    pq.write_table(responses, f"{folder}/responses.parquet")
+    pq.write_table(responses, f"{folder}/responses.parquet", row_group_size=_BLOCK)
     pq.write_table(judged, f"{folder}/tables.parquet")
+    with open(f"{folder}/arrow_bytes.json", "w") as f:
+        json.dump({"responses": responses.nbytes, "tables": judged.nbytes}, f)
+
+
+# Prompts per block as a generation stage's calls return them.
+_BLOCK = 64
+
+
+def _spool_responses(folder: str, rd: Any) -> None:
+    """The driver's part of a generation stage: the responses arrive a call's block at a time, in completion
+    order (each pair of neighbouring blocks swapped), go to the spooled chunks, and are assembled into
+    round_0/responses.parquet in prompt order (``_generate``)."""
+    import pyarrow.parquet as pq
+
+    from sppo_ray.generation.stage import GENERATION_SCHEMA
+    from sppo_ray.orchestration.chunks import StageChunks
+
+    source = pq.ParquetFile(f"{folder}/responses.parquet")
+    order = source.read(columns=["prompt_id"]).column(0).to_pylist()
+    chunks = StageChunks(rd, 0, "generate", 1000, {}, GENERATION_SCHEMA, spool=True)
+    groups = list(range(source.num_row_groups))
+    for i in range(0, len(groups) - 1, 2):
+        groups[i], groups[i + 1] = groups[i + 1], groups[i]
+    for g in groups:
+        chunks.add(source.read_row_group(g))
+    chunks.assemble("round_0/responses.parquet", order)
+    chunks.clear()
 
 
 def _measure_here(folder: str) -> dict[str, Any]:
-    """The driver's part: the round's tables read as the driver holds them, then the driver's own dataset stage
-    (``_dataset``: train.parquet and train_trl.parquet written into a scratch run directory), then the size of the
-    fit's input as the driver reads it (``training_columns``) beside the whole training set's."""
+    """The driver's part, over the judge's tables it holds: the generation stage's spooling and assembly of the
+    responses (``_spool_responses``), then the driver's own dataset stage (``_dataset``: train.parquet and
+    train_trl.parquet written into a scratch run directory, the responses read from their file), then the size of
+    the fit's input as the driver reads it (``training_columns``) beside the whole training set's."""
     import pyarrow.parquet as pq
 
     from sppo_ray.orchestration.driver import _dataset
     from sppo_ray.orchestration.rundir import RunDir
+    from sppo_ray.row_files import ParquetRows
     from sppo_ray.training.batching import training_columns
 
-    responses, judged = pq.read_table(f"{folder}/responses.parquet"), pq.read_table(f"{folder}/tables.parquet")
+    judged = pq.read_table(f"{folder}/tables.parquet")
     rd = RunDir(f"{folder}/run")
     for stage in ("generate", "judge"):
         rd.record(0, stage, outputs={}, seconds=0.0)
     base = process_rss()
+    _, gen_peak, gen_seconds = _peak_while(lambda: _spool_responses(folder, rd))
+    responses = ParquetRows(rd.path("round_0/responses.parquet"))
     _, peak, seconds = _peak_while(lambda: _dataset(0, responses, judged, rd))
     files = {name: rd.fs.get_file_info(rd.path(f"round_0/{name}.parquet")).size for name in ("train", "train_trl")}
     train = rd.path("round_0/train.parquet")
     fit_input = pq.read_table(train, columns=training_columns(pq.read_schema(train).names)).nbytes
-    return {"tables_arrow_bytes": responses.nbytes + judged.nbytes, "train_rows": rd.done(0, "dataset")["rows"],
-            "parquet_bytes": files, "growth_bytes": peak - base, "seconds": seconds,
+    with open(f"{folder}/arrow_bytes.json") as f:
+        arrow = json.load(f)
+    return {"tables_arrow_bytes": arrow["responses"] + arrow["tables"], "arrow_bytes": arrow,
+            "train_rows": rd.done(0, "dataset")["rows"], "parquet_bytes": files,
+            "generation_growth_bytes": gen_peak - base, "generation_seconds": gen_seconds,
+            "growth_bytes": peak - base, "seconds": seconds,
             "fit_input_bytes": fit_input, "train_arrow_bytes": pq.read_table(train).nbytes}
 
 

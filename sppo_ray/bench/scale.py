@@ -292,8 +292,9 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
     result["paper_round_dataset_stage"] = dataset = measure_dataset_stage(paper_shape[0], config.generation.k,
                                                                           paper_shape[1])
     largest = result["sizes"][str(max(sizes))]
-    result["paper_round_driver_bytes"] = paper_round_driver_bytes(largest, config.generation.k,
-                                                                  dataset["growth_bytes"], dataset["fit_input_bytes"])
+    result["paper_round_driver_bytes"] = paper_round_driver_bytes(
+        largest, config.generation.k, dataset["growth_bytes"], dataset["fit_input_bytes"],
+        dataset["generation_growth_bytes"])
     return result
 
 
@@ -316,27 +317,30 @@ def driver_growth_slope(sizes: dict[str, dict[str, Any]]) -> float | None:
 
 
 def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_bytes: float = 0,
-                             fit_input_bytes: float = 0) -> dict[str, float]:
+                             fit_input_bytes: float = 0, generation_stage_bytes: float = 0) -> dict[str, float]:
     """The driver's growth at the paper's round, extrapolated from one measured size.
 
-    Through the dataset stage the driver holds the round's responses and tables as Arrow: responses grow with
-    prompts × K × response tokens, tables with prompts × K². Each is scaled from the measured Arrow bytes; what the
-    driver grew beyond the Arrow bytes it held is added as a fixed overhead (a ratio would blow a few MB of start-up
-    noise up to gigabytes). ``dataset_stage_bytes``: what the dataset stage adds over those tables at the paper's
-    shape, and ``fit_input_bytes`` what the driver reads of train.parquet for the fit once it has let go of the
-    tables, both measured on synthetic tables (:func:`~sppo_ray.bench.paper_round.measure_dataset_stage`); at
-    16-token answers neither can show. The peak is the larger of the two stages'.
+    The round's responses grow with prompts × K × response tokens, its tables with prompts × K²; each is scaled
+    from the measured Arrow bytes. The driver holds only the judge's tables (the responses are written to
+    responses.parquet as they arrive and read back a slice at a time); what it grew beyond them is added as a
+    fixed overhead (a ratio would blow a few MB of start-up noise up to gigabytes). On top comes the largest of
+    what, at the paper's shape, the generation stage's spooling adds (``generation_stage_bytes``), the dataset
+    stage adds (``dataset_stage_bytes``) and the driver reads of train.parquet for the fit (``fit_input_bytes``),
+    each measured on synthetic tables (:func:`~sppo_ray.bench.paper_round.measure_dataset_stage`); at 16-token
+    answers none of them can show.
     """
     p = measured["pipeline"]
     n, tokens = measured["prompts"], max(p["mean_response_tokens"], 1.0)
     scale_n = PAPER_PROMPTS / n
-    arrow = p["arrow_bytes"]["responses"] * scale_n * PAPER_RESPONSE_TOKENS / tokens \
-        + p["arrow_bytes"]["tables"] * scale_n
-    overhead = max(0, p["driver_growth"] - p["arrow_bytes_held"])
+    tables = p["arrow_bytes"]["tables"] * scale_n
+    arrow = p["arrow_bytes"]["responses"] * scale_n * PAPER_RESPONSE_TOKENS / tokens + tables
+    overhead = max(0, p["driver_growth"] - p["arrow_bytes"]["tables"])
     return {"prompts": PAPER_PROMPTS, "k": k, "response_tokens": PAPER_RESPONSE_TOKENS, "arrow_bytes": arrow,
-            "fixed_overhead_bytes": overhead, "dataset_stage_bytes": dataset_stage_bytes,
+            "tables_bytes": tables, "fixed_overhead_bytes": overhead,
+            "generation_stage_bytes": generation_stage_bytes, "dataset_stage_bytes": dataset_stage_bytes,
             "fit_input_bytes": fit_input_bytes,
-            "driver_growth_bytes": overhead + max(arrow + dataset_stage_bytes, fit_input_bytes)}
+            "driver_growth_bytes": overhead + tables + max(generation_stage_bytes, dataset_stage_bytes,
+                                                           fit_input_bytes)}
 
 
 def scale_table(result: dict[str, Any]) -> str:
@@ -378,9 +382,16 @@ def scale_table(result: dict[str, Any]) -> str:
     if (slope := result.get("driver_growth_per_table_byte")) is not None:
         lines.append(f"driver growth per MB more of the round's tables, smallest size to largest: {slope:.2f} MB")
     if dataset := result.get("paper_round_dataset_stage"):
-        lines.append(f"dataset stage alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
+        lines.append(f"the driver's own work alone at {dataset['prompts']:,} prompts × {dataset['k']} answers of "
                      f"{dataset['response_tokens']} tokens (synthetic tables of {dataset['tables_arrow_bytes'] / mb:.0f}"
-                     f" MB): driver +{dataset['growth_bytes'] / mb:.0f} MB over them, {dataset['seconds']:.1f} s; "
+                     f" MB): driver +{dataset.get('generation_growth_bytes', 0) / mb:.0f} MB spooling and assembling the "
+                     f"responses ({dataset.get('generation_seconds', 0):.1f} s), "
+                     f"+{dataset['growth_bytes'] / mb:.0f} MB in the dataset stage, {dataset['seconds']:.1f} s; "
                      f"the fit's input as the driver reads it {dataset.get('fit_input_bytes', 0) / mb:.0f} MB "
                      f"(the whole training set {dataset.get('train_arrow_bytes', 0) / mb:.0f} MB)")
+    if (paper := result.get("paper_round_driver_bytes")) and "tables_bytes" in paper:
+        lines.append(f"driver at the paper's round ({paper['prompts']:,} prompts, {paper['response_tokens']}-token "
+                     f"answers), extrapolated: +{paper['driver_growth_bytes'] / mb:.0f} MB against the round's "
+                     f"{paper['arrow_bytes'] / mb:.0f} MB of responses and tables (the judge's tables it holds "
+                     f"{paper['tables_bytes'] / mb:.0f} MB, fixed overhead {paper['fixed_overhead_bytes'] / mb:.0f} MB)")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -142,14 +142,15 @@ def _shard_source(model_dir: str) -> Any:
 
 @dataclass
 class GenerationResult:
-    # One GeneratedPrompt row per usable prompt, in prompt order.
-    table: pa.Table
+    # One GeneratedPrompt row per prompt generated now, in prompt order (None when the caller kept none).
+    table: pa.Table | None
     # Prompts skipped by the length policy or because they were empty: {prompt_id, reason}.
     rejects: list[dict[str, str]] = field(default_factory=list)
+    # Of the rows generated now: those cut at max_new_tokens, and their tokens.
     truncated: int = 0
     seconds: float = 0.0
     generated_tokens: int = 0
-    # Rows taken from ``finished`` (an interrupted execution's chunks) rather than generated now.
+    # Prompts in ``done`` (an interrupted execution's chunks) that were not generated again.
     reused: int = 0
 
 
@@ -181,22 +182,32 @@ def run_generation_stage(
     iteration: int,
     cfg: GenerationConfig,
     samples: int | None = None,
-    finished: pa.Table | None = None,
+    done: Collection[str] = (),
     on_rows: Callable[[pa.Table], None] | None = None,
     wait_s: float = NODE_WAIT_S,
+    keep: bool = True,
 ) -> GenerationResult:
     """Stream one round's prompts through the generators; every usable prompt yields exactly one row.
 
     ``samples`` overrides K (evaluation samples 1 or best-of-N); ``iteration`` enters every sample's seed.
-    ``finished`` holds rows an interrupted execution already generated (same round, same policy): their prompts
-    are not generated again. ``on_rows`` receives each block of new rows as it arrives (the driver writes them in
-    chunks). Every sample has its own seed, so the result is the same however the prompts were split. A batch whose
-    generator died waits up to ``wait_s`` for it to come back (``resources.node_wait_s``).
+    ``done`` names prompts an interrupted execution already generated (same round, same policy): they are not
+    generated again. ``on_rows`` receives each block of new rows as it arrives (the driver writes them in chunks);
+    with ``keep`` False the stage keeps none of them (``table`` is None). Every sample has its own seed, so the
+    result is the same however the prompts were split. A batch whose generator died waits up to ``wait_s`` for it
+    to come back (``resources.node_wait_s``).
     """
     started = time.perf_counter()
-    done = set(finished.column("prompt_id").to_pylist()) if finished is not None else set()
+    done = set(done)
     todo = [p for p in prompts if p.id not in done]
-    tables, records = [finished] if finished is not None else [], []
+    counts = {"tokens": 0, "truncated": 0}
+
+    def arrived(rows: pa.Table) -> None:
+        counts["tokens"] += pc.sum(pc.list_flatten(rows.column("num_tokens"))).as_py() or 0
+        counts["truncated"] += pc.sum(rows.column("truncated").cast(pa.int64())).as_py() or 0
+        if on_rows is not None:
+            on_rows(rows)
+
+    table, records = GENERATION_SCHEMA.empty_table(), []
     if todo:
         batch_size = _batch_size(len(todo), len(generator_actors), cfg.batch_size)
         table, records = stream_through_actors(
@@ -208,13 +219,11 @@ def run_generation_stage(
             batch_size=batch_size,
             per_actor=CALLS_PER_GENERATOR,
             recover=("load_policy", weights_args(weights)),
-            on_block=on_rows,
+            on_block=arrived,
             wait_s=wait_s,
+            keep=keep,
         )
-        tables.append(table)
-    table = in_order(pa.concat_tables(tables) if tables else GENERATION_SCHEMA.empty_table(), "prompt_id",
-                     [p.id for p in prompts])
     rejects = [r for r in records if r["reason"] != "truncated"]
-    generated = pc.sum(pc.list_flatten(table.column("num_tokens"))).as_py() or 0
-    truncated = pc.sum(table.column("truncated").cast(pa.int64())).as_py() or 0
-    return GenerationResult(table, rejects, truncated, time.perf_counter() - started, generated, len(done))
+    return GenerationResult(in_order(table, "prompt_id", [p.id for p in todo]) if keep else None, rejects,
+                            counts["truncated"], time.perf_counter() - started, counts["tokens"],
+                            len(prompts) - len(todo))

@@ -16,6 +16,7 @@ from sppo_ray.actor_pool import NODE_WAIT_S, in_order, stream_through_actors
 from sppo_ray.arrow_lists import append_item, pick
 from sppo_ray.config import JudgeConfig, ResourcesConfig
 from sppo_ray.judging.actor import JudgeActor
+from sppo_ray.row_files import ParquetRows, TableRows
 from sppo_ray.runtime import role_env
 
 __all__ = [
@@ -133,40 +134,40 @@ class JudgingResult:
     reused: int = 0
 
 
-def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeConfig,
+def run_judging_stage(generated: pa.Table | TableRows | ParquetRows, judge_actors: list[Any], cfg: JudgeConfig,
                       instructions: dict[str, str] | None = None,
                       on_rows: Callable[[pa.Table], None] | None = None,
                       finished: pa.Table | None = None, wait_s: float = NODE_WAIT_S) -> JudgingResult:
     """Judge every generated row; the smallest call holds 4 × pairs per batch / (K(K−1)) prompts (at least 1), a
     large stage's calls several of those (:func:`prompts_per_call`).
 
-    ``instructions`` maps a prompt id to its instructions as JSON; they travel with the rows to the judges (the
-    verifier judge checks responses against them). ``on_rows`` receives each block of judged rows as it arrives.
-    ``finished`` holds rows an interrupted execution already judged (the same generated rows, the same judge):
-    their prompts are not judged again. A batch whose judge died waits up to ``wait_s`` for it to come back.
+    ``generated`` may be a file's rows (:class:`~sppo_ray.row_files.ParquetRows`): they are read a call at a time
+    into the object store, and the caller never holds them. ``instructions`` maps a prompt id to its instructions
+    as JSON; they travel with the rows to the judges (the verifier judge checks responses against them).
+    ``on_rows`` receives each block of judged rows as it arrives. ``finished`` holds rows an interrupted execution
+    already judged (the same generated rows, the same judge): their prompts are not judged again. A batch whose
+    judge died waits up to ``wait_s`` for it to come back.
     """
     started = time.perf_counter()
-    k = len(generated.column("responses")[0].as_py()) if generated.num_rows else 2
-    batch_prompts = max(1, cfg.batch_size * 4 // (k * (k - 1)))
+    source = TableRows(generated) if isinstance(generated, pa.Table) else generated
+    order = source.column("prompt_id").to_pylist()
     done = set(finished.column("prompt_id").to_pylist()) if finished is not None else set()
-    rows = generated.select(["prompt_id", "messages_json", "responses", "policy_version"])
-    if done:
-        rows = rows.filter(pa.array([pid not in done for pid in rows.column("prompt_id").to_pylist()]))
-    if instructions:
-        rows = rows.append_column("instructions_json", pa.array(
-            [instructions.get(pid, "") for pid in rows.column("prompt_id").to_pylist()], pa.string()))
+    todo = len(order) - len(done.intersection(order))
     tables, records = [finished] if finished is not None else [], []
-    if rows.num_rows:
+    if todo:
+        k = len(next(source.slices(1, ["responses"])).column("responses")[0].as_py())
+        batch_prompts = max(1, cfg.batch_size * 4 // (k * (k - 1)))
         # one block per call: a single block would be one task, judged by one replica with the others idle
-        per_call = prompts_per_call(rows.num_rows, len(judge_actors), batch_prompts)
-        blocks = [rows.slice(i, per_call) for i in range(0, rows.num_rows, per_call)]
+        per_call = prompts_per_call(todo, len(judge_actors), batch_prompts)
+        blocks = [ray.put(b) for part in source.slices(per_call, _JUDGED_INPUT)
+                  if (b := _judge_input(part, done, instructions)).num_rows]
         table, records = stream_through_actors(
-            ray.data.from_arrow(blocks), judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA,
+            ray.data.from_arrow_refs(blocks), judge_actors, "judge_batch", kwargs={}, schema=JUDGED_SCHEMA,
             batch_size=per_call, per_actor=CALLS_PER_JUDGE, on_block=on_rows, wait_s=wait_s,
         )
+        del blocks
         tables.append(table)
-    table = in_order(pa.concat_tables(tables) if tables else JUDGED_SCHEMA.empty_table(), "prompt_id",
-                     generated.column("prompt_id").to_pylist())
+    table = in_order(pa.concat_tables(tables) if tables else JUDGED_SCHEMA.empty_table(), "prompt_id", order)
     reused_pairs = 0 if finished is None else sum(n * (n - 1) for n in finished.column("k").to_pylist())
     return JudgingResult(
         table,
@@ -175,6 +176,20 @@ def run_judging_stage(generated: pa.Table, judge_actors: list[Any], cfg: JudgeCo
         sum(r["seconds"] for r in records),
         len(done),
     )
+
+
+# What a judge call needs of the generated rows.
+_JUDGED_INPUT = ["prompt_id", "messages_json", "responses", "policy_version"]
+
+
+def _judge_input(rows: pa.Table, done: set[str], instructions: dict[str, str] | None) -> pa.Table:
+    """One call's rows: those not judged already, with their instructions when there are any."""
+    if done:
+        rows = rows.filter(pa.array([pid not in done for pid in rows.column("prompt_id").to_pylist()]))
+    if instructions:
+        rows = rows.append_column("instructions_json", pa.array(
+            [instructions.get(pid, "") for pid in rows.column("prompt_id").to_pylist()], pa.string()))
+    return rows
 
 
 def build_training_table(generated: pa.Table, judged: pa.Table) -> pa.Table:

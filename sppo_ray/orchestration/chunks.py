@@ -3,6 +3,10 @@
 A chunk is a Parquet file under ``round_t/chunks_<stage>/``, recorded in the manifest (``chunks``) after it is
 written, with the stage's inputs. A later execution of the same stage with the same inputs reuses every recorded
 chunk whose bytes still match; the stage's final file is then written as usual and the chunks are removed.
+
+A spooled stage (generation) keeps no rows in memory at all: they are written in chunks whether or not chunks are
+recorded for resuming (``every`` 0), and the final file is assembled from the chunks in prompt order, a row group
+at a time (:meth:`StageChunks.assemble`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sppo_ray.orchestration.progress import Progress
-from sppo_ray.orchestration.rundir import RunDir
+from sppo_ray.orchestration.rundir import ROW_GROUP_ROWS, RunDir
 
-__all__ = ["StageChunks", "inputs_digest"]
+__all__ = ["SPOOL_ROWS", "StageChunks", "inputs_digest"]
+
+# Rows per chunk of a spooled stage that records none (``chunk_prompts`` 0).
+SPOOL_ROWS = 1000
+# Chunk files an assembly holds read at once: a stage's rows arrive nearly in order, so the rows of one row group
+# of the final file come from one or two chunks.
+_HELD_CHUNKS = 2
 
 
 def inputs_digest(inputs: dict[str, Any]) -> str:
@@ -25,15 +35,19 @@ def inputs_digest(inputs: dict[str, Any]) -> str:
 
 
 class StageChunks:
-    """The chunks of one stage of one round. ``every`` rows per chunk (0: never write one)."""
+    """The chunks of one stage of one round. ``every`` rows per chunk (0: never record one); ``spool``: write
+    every row to a chunk (``SPOOL_ROWS`` per chunk when ``every`` is 0) for :meth:`assemble`."""
 
-    def __init__(self, rd: RunDir, t: int, stage: str, every: int, inputs: dict[str, Any], schema: pa.Schema) -> None:
-        self.rd, self.key, self.every, self.schema = rd, f"round_{t}/{stage}", every, schema
+    def __init__(self, rd: RunDir, t: int, stage: str, every: int, inputs: dict[str, Any], schema: pa.Schema,
+                 spool: bool = False) -> None:
+        self.rd, self.key, self.schema = rd, f"round_{t}/{stage}", schema
+        self.every, self.recorded = (every or SPOOL_ROWS if spool else every), every > 0
         self.t, self.stage = t, stage
         self.folder, self.inputs = f"round_{t}/chunks_{stage}", inputs_digest(inputs)
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.written = len(self._recorded())
+        self.files: list[str] = []  # the chunks :meth:`assemble` reads: reused ones, then this execution's
 
     def _recorded(self) -> list[dict[str, Any]]:
         entry = self.rd.manifest().get("chunks", {}).get(self.key)
@@ -49,6 +63,19 @@ class StageChunks:
             if hashlib.sha256(data).hexdigest() == chunk["sha256"]:
                 tables.append(pq.read_table(pa.BufferReader(data)).cast(self.schema))
         return pa.concat_tables(tables) if tables else None
+
+    def done_ids(self, total: int) -> set[str]:
+        """The prompts of every recorded chunk whose bytes still match (read a column at a time), which
+        :meth:`assemble` will take; a line on the screen says how many."""
+        done: set[str] = set()
+        for chunk in self._recorded():
+            if self.rd.exists(chunk["file"]) and self.rd.digest(chunk["file"]) == chunk["sha256"]:
+                self.files.append(chunk["file"])
+                done.update(self.rd.read_parquet(chunk["file"], columns=["prompt_id"]).column(0).to_pylist())
+        if done:
+            print(f"round {self.t} {self.stage}: {len(done)} of {total} prompts from the interrupted "
+                  "execution's chunks", flush=True)
+        return done
 
     def resume(self, total: int) -> pa.Table | None:
         """:meth:`load`, and a line on the screen saying how much of the stage it holds."""
@@ -81,12 +108,47 @@ class StageChunks:
         self.written += 1
         rel = f"{self.folder}/{self.written:05d}.parquet"
         digest = self.rd.write_parquet(rel, table)
+        self.files.append(rel)
+        if not self.recorded:
+            return
         manifest = self.rd.manifest()
         entry = manifest.setdefault("chunks", {}).get(self.key)
         if not entry or entry["inputs"] != self.inputs:
             entry = manifest["chunks"][self.key] = {"inputs": self.inputs, "files": []}
         entry["files"].append({"file": rel, "sha256": digest, "rows": table.num_rows})
         self.rd.write_json("manifest.json", manifest)
+
+    def assemble(self, rel: str, order: list[str]) -> tuple[str, int]:
+        """Write the stage's final file ``rel`` from its chunks (after the buffer's last rows), in ``order`` of
+        ``prompt_id`` and ``ROW_GROUP_ROWS`` rows per row group as :meth:`RunDir.write_parquet` writes a table:
+        the same bytes whatever order the rows arrived in. Returns (sha256, rows)."""
+        if self.buffer:
+            self._write()
+        position = {pid: i for i, pid in enumerate(order)}
+        placed = sorted((position[pid], f, row) for f, chunk in enumerate(self.files)
+                        for row, pid in enumerate(self.rd.read_parquet(chunk, columns=["prompt_id"])
+                                                  .column(0).to_pylist()))
+        if any(a[0] == b[0] for a, b in zip(placed, placed[1:])):
+            raise RuntimeError(f"round {self.t} {self.stage}: a prompt appears in two chunks")
+        held: dict[int, pa.Table] = {}
+
+        def rows(f: int, start: int, n: int) -> pa.Table:
+            if f not in held:
+                if len(held) >= _HELD_CHUNKS:
+                    del held[next(iter(held))]
+                held[f] = self.rd.read_parquet(self.files[f])
+            return held[f].slice(start, n)
+
+        with self.rd.parquet_writer(rel, self.schema) as out:
+            for group in range(0, len(placed), ROW_GROUP_ROWS):
+                runs, part = [], placed[group:group + ROW_GROUP_ROWS]
+                for (_, f, row) in part:  # runs of consecutive rows of one chunk
+                    if runs and runs[-1][0] == f and runs[-1][1] + runs[-1][2] == row:
+                        runs[-1][2] += 1
+                    else:
+                        runs.append([f, row, 1])
+                out.write(pa.concat_tables([rows(*r) for r in runs]).cast(self.schema).combine_chunks())
+        return out.digest, out.rows
 
     def clear(self) -> None:
         """After the stage is recorded: its chunks are in the final file."""

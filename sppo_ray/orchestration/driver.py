@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sppo_ray.config import RunConfig, apply_overrides, load_config, parse_config
 from sppo_ray.data.prompts import Prompt
@@ -32,6 +33,7 @@ from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
+from sppo_ray.row_files import ParquetRows, aligned_slices
 from sppo_ray.orchestration.tracking import Tracker, build_tracker, round_metrics, train_step_metrics
 from sppo_ray.runtime import set_role_log_dir, trim_heap, verbose
 from sppo_ray.training.trainer import run_training
@@ -156,8 +158,8 @@ def run_round(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
         judged = _judge(t, prompts, generated, session, rd, config, progress)
     with timer("dataset"):
         _dataset(t, generated, judged, rd)
-    data = summary.round_data(generated, judged)
-    del generated, judged  # the round's largest objects in the driver: not held through the fit
+    data = summary.round_data(generated.column("num_tokens"), judged)
+    del judged  # the round's largest objects in the driver: not held through the fit
     with timer("train"):
         model_dir, train_metrics = _train(t, rd, config, session, progress)
     with timer("broadcast"):
@@ -184,10 +186,12 @@ def _track_round(t: int, rd: RunDir, round_summary: dict[str, Any], train_metric
 
 
 def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, config: RunConfig,
-              progress: Progress | None = None) -> pa.Table:
+              progress: Progress | None = None) -> ParquetRows:
+    """The round's responses, written to responses.parquet as they arrive (in chunks, then assembled in prompt
+    order): the driver never holds them."""
     rel = f"round_{t}/responses.parquet"
     if rd.done(t, "generate"):
-        return rd.read_parquet(rel)
+        return ParquetRows(rd.path(rel), rd.fs)
     if session.generator_version != t:  # resumed: bring the generators to π_t first
         session.broadcast(policy_weights(rd.local_path(f"round_{t - 1}/model"), t), record=False)
     session.enter("generate")
@@ -195,28 +199,31 @@ def _generate(t: int, prompts: list[Prompt], session: Session, rd: RunDir, confi
     inputs = {"prompt_ids": ids, "policy_version": session.weights.version}
     sampling = {f: getattr(config.generation, f) for f in config.generation.SAMPLING_FIELDS}
     chunks = StageChunks(rd, t, "generate", config.generation.chunk_prompts, {**inputs, "sampling": sampling},
-                         GENERATION_SCHEMA)
-    finished = chunks.resume(len(prompts))
+                         GENERATION_SCHEMA, spool=True)
+    done = chunks.done_ids(len(prompts))
     if progress is not None:
-        progress.stage(t, "generate", total=len(prompts), already=0 if finished is None else finished.num_rows)
+        progress.stage(t, "generate", total=len(prompts), already=len(done))
     result = run_generation_stage(prompts, session.generator_actors, session.weights, t, config.generation,
-                                  finished=finished, on_rows=chunks.sink(progress),
-                                  wait_s=config.resources.node_wait_s)
+                                  done=done, on_rows=chunks.sink(progress), wait_s=config.resources.node_wait_s,
+                                  keep=False)
     engines = session.release_generator_memory()
     if progress is not None:
         progress.add(len(result.rejects))  # handled too: skipped, so that the stage ends at total/total
     rejects = [{**r, "round": t, "stage": "generation"} for r in result.rejects]
     rd.write_bytes(f"round_{t}/rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects).encode())
-    digest = rd.write_parquet(rel, result.table)
+    digest, _ = chunks.assemble(rel, [p.id for p in prompts])
+    counts = rd.read_parquet(rel, columns=["num_tokens", "truncated"])  # the reused chunks' rows too
     rd.record(t, "generate", outputs={rel: digest}, seconds=result.seconds, policy_version=session.weights.version,
-              inputs=inputs, prompts=len(prompts), rejected=len(rejects), truncated=result.truncated,
-              generated_tokens=result.generated_tokens, **({"from_chunks": result.reused} if result.reused else {}),
+              inputs=inputs, prompts=len(prompts), rejected=len(rejects),
+              truncated=pc.sum(counts.column("truncated").cast(pa.int64())).as_py() or 0,
+              generated_tokens=pc.sum(pc.list_flatten(counts.column("num_tokens"))).as_py() or 0,
+              **({"from_chunks": result.reused} if result.reused else {}),
               engine_rss_mb={k: [round(e[f"rss_{k}"] / 2**20) for e in engines] for k in ("before", "after")})
     chunks.clear()
-    return result.table
+    return ParquetRows(rd.path(rel), rd.fs)
 
 
-def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session, rd: RunDir,
+def _judge(t: int, prompts: list[Prompt], generated: ParquetRows, session: Session, rd: RunDir,
            config: RunConfig, progress: Progress | None = None) -> pa.Table:
     rel = f"round_{t}/tables.parquet"
     if rd.done(t, "judge"):
@@ -239,16 +246,18 @@ def _judge(t: int, prompts: list[Prompt], generated: pa.Table, session: Session,
     return result.table
 
 
-def _dataset(t: int, generated: pa.Table, judged: pa.Table, rd: RunDir) -> None:
+def _dataset(t: int, generated: ParquetRows, judged: pa.Table, rd: RunDir) -> None:
     rel = f"round_{t}/train.parquet"
     if rd.done(t, "dataset"):
         return
     started = time.perf_counter()
     trl_rel = f"round_{t}/train_trl.parquet"  # the same rows as TRL's DPOTrainer reads them
-    # built and written DATASET_SLICE prompts at a time: the driver never holds the whole training set
+    # built and written DATASET_SLICE prompts at a time, the responses read as far as each slice needs: the driver
+    # never holds the whole training set, nor the round's responses
     with rd.parquet_writer(rel, TRAINING_SCHEMA) as train, rd.parquet_writer(trl_rel, TRL_SCHEMA) as trl:
-        for start in range(0, judged.num_rows, DATASET_SLICE):
-            part = build_training_table(generated, judged.slice(start, DATASET_SLICE))
+        slices = [judged.slice(start, DATASET_SLICE) for start in range(0, judged.num_rows, DATASET_SLICE)]
+        for rows, judged_part in zip(aligned_slices(generated, slices, "prompt_id", DATASET_SLICE), slices):
+            part = build_training_table(rows, judged_part)
             train.write(part)
             trl.write(trl_preference_table(part))
         if train.rows == 0:  # raised inside: neither file is committed

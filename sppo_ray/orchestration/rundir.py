@@ -122,11 +122,7 @@ class RunDir:
             self.fs.delete_file(tmp)
             raise
         out.writer.close()
-        digest = hashlib.sha256()
-        with self.fs.open_input_stream(tmp) as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        out.digest = digest.hexdigest()
+        out.digest = self._sha256(tmp)
         self._commit(tmp, final)
 
     def write_json(self, rel: str, obj: Any) -> str:
@@ -140,6 +136,17 @@ class RunDir:
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()
+
+    def digest(self, rel: str) -> str:
+        """The sha256 of a file, read 1 MiB at a time."""
+        return self._sha256(self.path(rel))
+
+    def _sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(path) as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))

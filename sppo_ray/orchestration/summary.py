@@ -14,12 +14,12 @@ __all__ = ["instruction_following_table", "round_data", "round_summary", "round_
 _PHASES = ("generate", "judge", "dataset", "train", "broadcast")
 
 
-def round_data(generated: pa.Table, judged: pa.Table) -> dict[str, Any]:
-    """What a round's summary needs of its responses and tables, so the driver can let go of them before the fit
-    (at the paper's round they are most of its memory)."""
-    lengths = pc.list_flatten(generated.column("num_tokens"))
+def round_data(num_tokens: pa.ChunkedArray, judged: pa.Table) -> dict[str, Any]:
+    """What a round's summary needs of its responses (their ``num_tokens`` column) and tables, so the driver can
+    let go of the tables before the fit."""
+    lengths = pc.list_flatten(num_tokens)
     return {
-        "generated_prompts": generated.num_rows,
+        "generated_prompts": len(num_tokens),
         "generated_tokens": int(pc.sum(lengths).as_py() or 0),
         "mean_response_tokens": float(pc.mean(lengths).as_py() or 0.0),
         "pairs_judged": int(sum(k * (k - 1) for k in judged.column("k").to_pylist())),

@@ -198,14 +198,14 @@ def test_an_interrupted_generation_resumes_with_the_prompts_no_chunk_holds(gener
     asked = []
     real_stage = driver.run_generation_stage
 
-    def spy(prompts, *args, finished=None, **kwargs):
-        asked.append({p.id for p in prompts} - set(finished.column("prompt_id").to_pylist()))
-        return real_stage(prompts, *args, finished=finished, **kwargs)
+    def spy(prompts, *args, done=(), **kwargs):
+        asked.append({p.id for p in prompts} - set(done))
+        return real_stage(prompts, *args, done=done, **kwargs)
 
     monkeypatch.setattr(driver, "run_generation_stage", spy)
     again = driver._generate(0, prompts, session, rd, config)
     assert len(asked[0]) == 4  # only the prompts no chunk held
-    assert again.equals(whole)
+    assert next(again.slices(12)).equals(next(whole.slices(12)))
     assert rd.read_bytes("round_0/responses.parquet") == whole_dir.read_bytes("round_0/responses.parquet")
     assert rd.done(0, "generate")["from_chunks"] == 8
     assert not rd.exists("round_0/chunks_generate") and "round_0/generate" not in rd.manifest()["chunks"]

@@ -354,6 +354,7 @@ def test_an_interrupted_judging_resumes_with_the_prompts_no_chunk_holds(ray_clus
     from sppo_ray.orchestration.chunks import StageChunks
     from sppo_ray.orchestration.rundir import RunDir
     from sppo_ray.orchestration.session import Session
+    from sppo_ray.row_files import ParquetRows
 
     rows = [{"prompt_id": f"p{n}", "messages_json": json.dumps([{"role": "user", "content": f"q{n}"}]),
              "prompt_token_ids": [1], "responses": ["x" * (n % 3 + 1), "y" * (n % 5 + 2), "z" * 4],
@@ -369,6 +370,9 @@ def test_an_interrupted_judging_resumes_with_the_prompts_no_chunk_holds(ray_clus
         rel = "round_0/responses.parquet"
         rd.record(0, "generate", outputs={rel: rd.write_parquet(rel, generated)}, seconds=0.0)
         return rd
+
+    def responses(rd: RunDir) -> ParquetRows:  # as the driver reads them
+        return ParquetRows(rd.path("round_0/responses.parquet"))
 
     class Killed(Exception):
         pass
@@ -386,16 +390,16 @@ def test_an_interrupted_judging_resumes_with_the_prompts_no_chunk_holds(ray_clus
 
     try:
         whole_dir = run_dir("whole")
-        whole = driver._judge(0, [], generated, session, whole_dir, config)
+        whole = driver._judge(0, [], responses(whole_dir), session, whole_dir, config)
         rd = run_dir("cut")
         monkeypatch.setattr(StageChunks, "add", add_then_die)
         with pytest.raises(Killed):
-            driver._judge(0, [], generated, session, rd, config)
+            driver._judge(0, [], responses(rd), session, rd, config)
         assert rd.done(0, "judge") is None
         assert sum(c["rows"] for c in rd.manifest()["chunks"]["round_0/judge"]["files"]) == 8
         monkeypatch.setattr(StageChunks, "add", real_add)
         monkeypatch.setattr(driver, "run_judging_stage", spy)
-        again = driver._judge(0, [], generated, session, rd, config)
+        again = driver._judge(0, [], responses(rd), session, rd, config)
     finally:
         for a in actors:
             ray.kill(a)

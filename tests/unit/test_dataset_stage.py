@@ -12,6 +12,7 @@ from sppo_ray.judging.stage import build_training_table
 from sppo_ray.orchestration import driver
 from sppo_ray.orchestration.rundir import RunDir
 from sppo_ray.orchestration.session import use_system_arrow_pool
+from sppo_ray.row_files import ParquetRows, TableRows
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +28,7 @@ def test_slices_write_the_training_set_built_whole(tmp_path, monkeypatch):
     generated, judged = synthetic_round(30, 3, 4, prompt_tokens=2)
     monkeypatch.setattr(driver, "DATASET_SLICE", 7)  # 30 prompts: slices of 7, 7, 7, 7, 2
     rd = _rundir(tmp_path)
-    driver._dataset(0, generated, judged, rd)
+    driver._dataset(0, TableRows(generated), judged, rd)
     whole = build_training_table(generated, judged)
     assert rd.read_parquet("round_0/train.parquet").equals(whole)
     assert rd.read_parquet("round_0/train_trl.parquet").equals(trl_preference_table(whole))
@@ -40,7 +41,7 @@ def test_a_round_without_any_preference_stops_and_writes_no_training_set(tmp_pat
                                pa.array([[]] * 5, pa.list_(pa.int64())))
     rd = _rundir(tmp_path)
     with pytest.raises(RunStateError, match="round 0: the judge found no preference in any prompt"):
-        driver._dataset(0, generated, judged, rd)
+        driver._dataset(0, TableRows(generated), judged, rd)
     assert not rd.exists("round_0/train.parquet") and not rd.exists("round_0/train_trl.parquet")
     assert rd.done(0, "dataset") is None
 
@@ -55,7 +56,7 @@ def test_the_driver_keeps_its_arrow_memory_on_the_system_allocator(tmp_path):
         before = system.bytes_allocated()
         generated, judged = synthetic_round(200, 3, 16, prompt_tokens=2)
         assert system.bytes_allocated() - before >= generated.nbytes // 2  # the tables live in the system pool
-        driver._dataset(0, generated, judged, _rundir(tmp_path))
+        driver._dataset(0, TableRows(generated), judged, _rundir(tmp_path))
         del generated, judged
         driver.return_freed_memory()
         assert system.bytes_allocated() - before < 64 * 1024
@@ -78,3 +79,17 @@ def test_the_cli_puts_arrows_own_default_pool_on_the_system_allocator_and_leaves
     child = subprocess.run([sys.executable, "-c", "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"],
                            env=env, capture_output=True, text=True, check=True)
     assert child.stdout.strip() != "system"  # a process without the CLI (a role) keeps Arrow's default
+
+
+def test_the_responses_are_read_from_their_file_as_far_as_each_slice_needs(tmp_path, monkeypatch):
+    """The driver's round reads responses.parquet a slice at a time; judged rows are a subsequence (prompts the
+    judge could not use are missing), so each slice's responses end where its last prompt is."""
+    import pyarrow.parquet as pq
+
+    generated, judged = synthetic_round(30, 3, 4, prompt_tokens=2)
+    judged = judged.filter(pa.array([i % 4 != 1 for i in range(30)]))  # 22 of the 30 prompts
+    pq.write_table(generated, tmp_path / "responses.parquet", row_group_size=4)
+    monkeypatch.setattr(driver, "DATASET_SLICE", 5)
+    rd = _rundir(tmp_path)
+    driver._dataset(0, ParquetRows(str(tmp_path / "responses.parquet")), judged, rd)
+    assert rd.read_parquet("round_0/train.parquet").equals(build_training_table(generated, judged))
