@@ -98,8 +98,8 @@ class GenerationConfig(_Section):
     # gets at least two calls). A generator runs two calls at once in one engine, so calls can be small.
     batch_size: int = Field(16, ge=1)
     # The stage writes its rows in chunks of this many prompts as they finish (RUN_DIR/round_t/chunks_generate/),
-    # so a driver killed mid-stage resumes with the prompts no chunk holds; 0 writes none. Removed once the round's
-    # responses.parquet is recorded.
+    # so a driver killed mid-stage resumes with the prompts no chunk holds; 0 keeps none for resuming (the rows
+    # still go to chunks of 1,000: responses.parquet is assembled from them). Removed once it is recorded.
     chunk_prompts: int = Field(1000, ge=0)
 
     # What a generated row depends on (with the prompt, the round and the policy): chunks written under other values

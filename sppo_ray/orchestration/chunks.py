@@ -11,8 +11,10 @@ at a time (:meth:`StageChunks.assemble`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+from collections import OrderedDict
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -25,9 +27,9 @@ __all__ = ["SPOOL_ROWS", "StageChunks", "inputs_digest"]
 
 # Rows per chunk of a spooled stage that records none (``chunk_prompts`` 0).
 SPOOL_ROWS = 1000
-# Chunk files an assembly holds read at once: a stage's rows arrive nearly in order, so the rows of one row group
-# of the final file come from one or two chunks.
-_HELD_CHUNKS = 2
+# Blocks (chunk row groups) an assembly keeps read: a stage's blocks arrive nearly in order, so a row group of the
+# final file takes a few blocks, each read once.
+_HELD_BLOCKS = 8
 
 
 def inputs_digest(inputs: dict[str, Any]) -> str:
@@ -103,11 +105,15 @@ class StageChunks:
             self._write()
 
     def _write(self) -> None:
-        table = pa.concat_tables(self.buffer)
+        """The buffered blocks as the next chunk, one row group per block (a block is one call's rows, consecutive
+        prompts: :meth:`assemble` reads them back a block at a time)."""
+        rows, blocks = self.buffered, self.buffer
         self.buffer, self.buffered = [], 0
         self.written += 1
         rel = f"{self.folder}/{self.written:05d}.parquet"
-        digest = self.rd.write_parquet(rel, table)
+        with self.rd.parquet_writer(rel, self.schema) as out:
+            for block in blocks:
+                out.write(block.cast(self.schema))
         self.files.append(rel)
         if not self.recorded:
             return
@@ -115,39 +121,59 @@ class StageChunks:
         entry = manifest.setdefault("chunks", {}).get(self.key)
         if not entry or entry["inputs"] != self.inputs:
             entry = manifest["chunks"][self.key] = {"inputs": self.inputs, "files": []}
-        entry["files"].append({"file": rel, "sha256": digest, "rows": table.num_rows})
+        entry["files"].append({"file": rel, "sha256": out.digest, "rows": rows})
         self.rd.write_json("manifest.json", manifest)
 
     def assemble(self, rel: str, order: list[str]) -> tuple[str, int]:
         """Write the stage's final file ``rel`` from its chunks (after the buffer's last rows), in ``order`` of
         ``prompt_id`` and ``ROW_GROUP_ROWS`` rows per row group as :meth:`RunDir.write_parquet` writes a table:
-        the same bytes whatever order the rows arrived in. Returns (sha256, rows)."""
+        the same bytes whatever order the rows arrived in. The chunks are read a row group (a block) at a time,
+        the last ``_HELD_BLOCKS`` kept. A prompt in two chunks (a chunk that was unreadable at a resume, and
+        readable again at the next) is taken from the first. Returns (sha256, rows)."""
         if self.buffer:
             self._write()
         position = {pid: i for i, pid in enumerate(order)}
-        placed = sorted((position[pid], f, row) for f, chunk in enumerate(self.files)
-                        for row, pid in enumerate(self.rd.read_parquet(chunk, columns=["prompt_id"])
-                                                  .column(0).to_pylist()))
-        if any(a[0] == b[0] for a, b in zip(placed, placed[1:])):
-            raise RuntimeError(f"round {self.t} {self.stage}: a prompt appears in two chunks")
-        held: dict[int, pa.Table] = {}
+        files = [pq.ParquetFile(self.rd.path(chunk), filesystem=self.rd.fs) for chunk in self.files]
+        starts = [[0] for _ in files]  # each chunk's row groups' first rows
+        for f, file in zip(starts, files):
+            for g in range(file.num_row_groups):
+                f.append(f[-1] + file.metadata.row_group(g).num_rows)
+        placed, seen = [], set()
+        for f, file in enumerate(files):
+            for row, pid in enumerate(file.read(columns=["prompt_id"]).column(0).to_pylist()):
+                if pid not in seen:
+                    seen.add(pid)
+                    placed.append((position[pid], f, row))
+        placed.sort()
+        held: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
 
-        def rows(f: int, start: int, n: int) -> pa.Table:
-            if f not in held:
-                if len(held) >= _HELD_CHUNKS:
-                    del held[next(iter(held))]
-                held[f] = self.rd.read_parquet(self.files[f])
-            return held[f].slice(start, n)
+        def group(f: int, g: int) -> pa.Table:
+            if (f, g) not in held:
+                held[f, g] = files[f].read_row_group(g)
+                if len(held) > _HELD_BLOCKS:
+                    held.popitem(last=False)
+            held.move_to_end((f, g))
+            return held[f, g]
+
+        def rows(f: int, start: int, n: int) -> list[pa.Table]:
+            out = []
+            while n:
+                g = bisect.bisect_right(starts[f], start) - 1
+                take = min(n, starts[f][g + 1] - start)
+                out.append(group(f, g).slice(start - starts[f][g], take))
+                start, n = start + take, n - take
+            return out
 
         with self.rd.parquet_writer(rel, self.schema) as out:
-            for group in range(0, len(placed), ROW_GROUP_ROWS):
-                runs, part = [], placed[group:group + ROW_GROUP_ROWS]
-                for (_, f, row) in part:  # runs of consecutive rows of one chunk
+            for first in range(0, len(placed), ROW_GROUP_ROWS):
+                runs: list[list[int]] = []
+                for (_, f, row) in placed[first:first + ROW_GROUP_ROWS]:  # runs of consecutive rows of one chunk
                     if runs and runs[-1][0] == f and runs[-1][1] + runs[-1][2] == row:
                         runs[-1][2] += 1
                     else:
                         runs.append([f, row, 1])
-                out.write(pa.concat_tables([rows(*r) for r in runs]).cast(self.schema).combine_chunks())
+                parts = [t for r in runs for t in rows(*r)]
+                out.write(pa.concat_tables(parts).cast(self.schema).combine_chunks())
         return out.digest, out.rows
 
     def clear(self) -> None:

@@ -77,3 +77,15 @@ def test_a_resumed_spooled_stage_takes_the_recorded_chunks_and_skips_a_changed_o
     assert rd.read_parquet("round_0/responses.parquet").equals(table)
     other = StageChunks(rd, 0, "generate", 10, {"x": 2}, table.schema, spool=True)  # other inputs: nothing reused
     assert other.done_ids(40) == set()
+
+
+def test_a_prompt_in_two_chunks_is_assembled_once(tmp_path):
+    """A recorded chunk unreadable at one resume (its prompts generated again) and readable at the next: both
+    chunks hold those prompts, and the file holds each once."""
+    table = _rows(30)
+    rd = RunDir(str(tmp_path / "run"))
+    chunks = StageChunks(rd, 0, "generate", 10, {"x": 1}, table.schema, spool=True)
+    for start in (0, 10, 0, 20):  # rows 0-9 twice
+        chunks.add(table.slice(start, 10))
+    chunks.assemble("round_0/responses.parquet", table.column("prompt_id").to_pylist())
+    assert rd.read_parquet("round_0/responses.parquet").equals(table)
