@@ -15,7 +15,7 @@ import bisect
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,37 +55,39 @@ class StageChunks:
         entry = self.rd.manifest().get("chunks", {}).get(self.key)
         return entry["files"] if entry and entry["inputs"] == self.inputs else []
 
+    def _intact(self) -> Iterator[tuple[str, pa.BufferReader]]:
+        """(file, its bytes) of every recorded chunk whose bytes still match the manifest's digest, read once."""
+        for chunk in self._recorded():
+            if self.rd.exists(chunk["file"]):
+                data = self.rd.read_bytes(chunk["file"])
+                if hashlib.sha256(data).hexdigest() == chunk["sha256"]:
+                    yield chunk["file"], pa.BufferReader(data)
+
     def load(self) -> pa.Table | None:
         """The rows of every recorded chunk (None if there are none); a chunk whose bytes changed is left out."""
-        tables = []
-        for chunk in self._recorded():
-            if not self.rd.exists(chunk["file"]):
-                continue
-            data = self.rd.read_bytes(chunk["file"])
-            if hashlib.sha256(data).hexdigest() == chunk["sha256"]:
-                tables.append(pq.read_table(pa.BufferReader(data)).cast(self.schema))
+        tables = [pq.read_table(data).cast(self.schema) for _, data in self._intact()]
         return pa.concat_tables(tables) if tables else None
 
     def done_ids(self, total: int) -> set[str]:
-        """The prompts of every recorded chunk whose bytes still match (read a column at a time), which
-        :meth:`assemble` will take; a line on the screen says how many."""
+        """The prompts of every recorded chunk whose bytes still match, which :meth:`assemble` will take; a line
+        on the screen says how many."""
         done: set[str] = set()
-        for chunk in self._recorded():
-            if self.rd.exists(chunk["file"]) and self.rd.digest(chunk["file"]) == chunk["sha256"]:
-                self.files.append(chunk["file"])
-                done.update(self.rd.read_parquet(chunk["file"], columns=["prompt_id"]).column(0).to_pylist())
-        if done:
-            print(f"round {self.t} {self.stage}: {len(done)} of {total} prompts from the interrupted "
-                  "execution's chunks", flush=True)
+        for file, data in self._intact():
+            self.files.append(file)
+            done.update(pq.read_table(data, columns=["prompt_id"]).column(0).to_pylist())
+        self._say(len(done), total)
         return done
 
     def resume(self, total: int) -> pa.Table | None:
         """:meth:`load`, and a line on the screen saying how much of the stage it holds."""
         finished = self.load()
-        if finished is not None:
-            print(f"round {self.t} {self.stage}: {finished.num_rows} of {total} prompts from the interrupted "
-                  "execution's chunks", flush=True)
+        self._say(0 if finished is None else finished.num_rows, total)
         return finished
+
+    def _say(self, reused: int, total: int) -> None:
+        if reused:
+            print(f"round {self.t} {self.stage}: {reused} of {total} prompts from the interrupted execution's "
+                  "chunks", flush=True)
 
     def sink(self, progress: Progress | None) -> Callable[[pa.Table], None]:
         """What the stage calls with each block of new rows: into the chunks, and counted on the progress bar."""

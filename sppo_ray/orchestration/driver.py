@@ -33,8 +33,8 @@ from sppo_ray.orchestration.rundir import RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
-from sppo_ray.row_files import ParquetRows, aligned_slices
 from sppo_ray.orchestration.tracking import Tracker, build_tracker, round_metrics, train_step_metrics
+from sppo_ray.row_files import ParquetRows, aligned_slices
 from sppo_ray.runtime import set_role_log_dir, trim_heap, verbose
 from sppo_ray.training.trainer import run_training
 
