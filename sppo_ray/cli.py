@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from sppo_ray.runtime import bound_heap
+
 __all__ = ["main"]
 
 
@@ -39,6 +41,7 @@ def _driver_arrow_on_system_allocator() -> None:
 
 
 _driver_arrow_on_system_allocator()
+bound_heap()  # the driver's C heap hands back what it frees (runtime.bound_heap): before Ray starts its threads
 
 _EPILOG = """examples:
   sppo-ray run jobs/tiny-cpu.yaml

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "log_role_output", "process_rss", "role_env", "set_role_log_dir", "trim_heap",
+__all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "bound_heap", "log_role_output", "process_rss", "role_env", "set_role_log_dir",
+           "trim_heap",
            "verbose", "where_am_i"]
 
 VERBOSE_ENV = "SPPO_RAY_VERBOSE"
@@ -33,6 +34,33 @@ def trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+HEAP_BOUNDS = {"arenas": 2, "mmap_threshold": 128 * 1024, "trim_threshold": 128 * 1024}
+
+
+def bound_heap() -> bool:
+    """Keep what this process frees from staying resident (glibc; elsewhere nothing is done, and False returned).
+
+    Three glibc settings, each a cause of a driver whose RSS kept what a stage had freed: large blocks (over 128
+    KiB) get pages of their own that go back when freed (glibc otherwise raises that threshold to the largest block
+    freed so far, up to 32 MiB, and later blocks of that size are carved from the heap, where a small live neighbour
+    pins them); the heap's top is trimmed past 128 KiB free (that threshold otherwise rises with it); and at most
+    two arenas (glibc otherwise gives up to 8 per core to the threads that allocate at once, Ray's client threads
+    among them, and freed memory stays in each). Call it before the process starts threads. The driver's own work at
+    the paper's round shape then grows it by half as much, and takes 2-3x the seconds, most of them the kernel's
+    page faults, a few seconds a round (BENCHMARKS.md "Scale")."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_ARENA_MAX, HEAP_BOUNDS["arenas"]), (_M_MMAP_THRESHOLD, HEAP_BOUNDS["mmap_threshold"]),
+        (_M_TRIM_THRESHOLD, HEAP_BOUNDS["trim_threshold"])))
 
 
 def process_rss() -> int:
