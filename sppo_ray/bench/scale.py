@@ -24,9 +24,9 @@ from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.orchestration.metrics import RunMetrics
 
-__all__ = ["SCALE_OVERRIDES", "bench_scale", "driver_growth_slope", "growth_by_stage", "linearity",
-           "machine_busy_seconds", "paper_round_driver_bytes", "process_cpu_seconds", "scale_prompts", "scale_table", "stage_cpu",
-           "stage_windows"]
+__all__ = ["SCALE_OVERRIDES", "bench_scale", "cpu_by_process", "driver_growth_slope", "growth_by_stage", "linearity",
+           "machine_busy_seconds", "paper_round_driver_bytes", "process_cpu_seconds", "process_label", "processes_cpu",
+           "scale_prompts", "scale_table", "stage_cpu", "stage_windows"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -76,6 +76,52 @@ def process_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def process_label(cmdline: list[str], pid: int, driver_pid: int) -> str:
+    """What a process of this machine is, in a word: "driver", a Ray worker's task or actor ("GeneratorActor",
+    "IDLE" for an idle worker), a program's name ("raylet", "gcs_server") or a Python script's ("dashboard.py")."""
+    if pid == driver_pid:
+        return "driver"
+    if not cmdline:
+        return "?"
+    if cmdline[0].startswith("ray::"):  # a Ray worker names itself after what it runs
+        return cmdline[0][len("ray::"):].split(".")[0].split()[0] or "ray worker"
+    program = cmdline[0].rsplit("/", 1)[-1]
+    if program.startswith("python"):
+        script = next((a for a in cmdline[1:] if not a.startswith("-")), "")
+        return script.rsplit("/", 1)[-1] or program
+    return program
+
+
+def processes_cpu() -> dict[int, tuple[str, float]]:
+    """Every process of this machine: pid -> (``process_label``, CPU seconds used so far)."""
+    import os
+
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        try:
+            times = proc.info["cpu_times"]
+            out[proc.pid] = (process_label(proc.info["cmdline"] or [], proc.pid, os.getpid()),
+                             times.user + times.system)
+        except (psutil.Error, TypeError, AttributeError):  # gone, or not ours to read
+            pass
+    return out
+
+
+def cpu_by_process(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                   top: int = 8) -> list[tuple[str, float]]:
+    """CPU seconds used between two :func:`processes_cpu` snapshots, summed per label (a process's label is its
+    latest), busiest first; the ``top`` busiest labels, then "others" for the rest; none that used nothing. A
+    process started in between counts from 0; one that ended in between is not seen."""
+    used: dict[str, float] = {}
+    for pid, (label, seconds) in after.items():
+        used[label] = used.get(label, 0.0) + max(0.0, seconds - before.get(pid, ("", 0.0))[1])
+    ranked = sorted(((label, s) for label, s in used.items() if s > 0), key=lambda kv: -kv[1])
+    others = sum(s for _, s in ranked[top:])
+    return ranked[:top] + ([("others", others)] if others > 0 else [])
+
+
 class _Peaks:
     """Samples the driver's RSS (and the object store's bytes in use) in a thread while the block runs."""
 
@@ -90,6 +136,7 @@ class _Peaks:
         self.cpu: list[tuple[float, float, float]] = []
         self.engine_pids: list[int] = []  # the generators' processes, on this machine (set before the block)
         self.stage_starts: list[tuple[str, float]] = []  # (stage, seconds since the block began), in order
+        self.processes: list[dict[int, tuple[str, float]]] = []  # processes_cpu() at each stage's start, and the end
         self._started = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -116,6 +163,12 @@ class _Peaks:
     def stage_started(self, stage: str) -> None:
         if self._started:  # only within the block (round 0)
             self.stage_starts.append((stage, time.monotonic() - self._started))
+            self.processes.append(processes_cpu())
+
+    def cpu_by_process(self, stage: str) -> list[tuple[str, float]]:
+        """The busiest processes within ``stage`` (its start to the next stage's, or the block's end)."""
+        index = [name for name, _ in self.stage_starts].index(stage)
+        return cpu_by_process(self.processes[index], self.processes[index + 1])
 
     def windows(self) -> dict[str, tuple[float, float]]:
         """Each stage's (start, end) in the block, from the moments the driver entered them."""
@@ -134,6 +187,8 @@ class _Peaks:
         self.cpu.append((time.monotonic() - self._started, machine_busy_seconds(),
                          process_cpu_seconds(self.engine_pids)))
         self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+        if self._started:
+            self.processes.append(processes_cpu())
         self._started = 0.0
 
 
@@ -216,6 +271,7 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
             "driver_growth": peaks.peak_rss - peaks.base_rss,
             "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, windows),
             "generate_cpu_seconds": stage_cpu(peaks.cpu, windows, "generate"),
+            "generate_cpu_by_process": peaks.cpu_by_process("generate"),
             "object_store_peak": peaks.peak_store, "driver_rss_at_round_starts": starts,
             "arrow_bytes": arrow, "arrow_bytes_held": sum(arrow.values()),
             "parquet_bytes": {name: f.stat().st_size for name, f in files.items()}}
@@ -381,6 +437,10 @@ def scale_table(result: dict[str, Any]) -> str:
                          f"{pipe['engine']:.1f} + rest of the machine {pipe['rest']:.1f}; bare engine (before/after) "
                          f"{b['engine']:.1f}/{a['engine']:.1f} + rest {b['rest']:.1f}/{a['rest']:.1f} over "
                          f"{bare['before']['seconds']:.1f}/{bare['after']['seconds']:.1f} s wall")
+    for key in sorted(result["sizes"], key=int):  # and which processes (absent from older JSON)
+        if busiest := result["sizes"][key]["pipeline"].get("generate_cpu_by_process"):
+            lines.append(f"CPU s by process while generating at {int(key):,} prompts: " +
+                         ", ".join(f"{label} {seconds:.1f}" for label, seconds in busiest))
     if (slope := result.get("driver_growth_per_table_byte")) is not None:
         lines.append(f"driver growth per MB more of the round's tables, smallest size to largest: {slope:.2f} MB")
     if dataset := result.get("paper_round_dataset_stage"):

@@ -163,3 +163,27 @@ def test_several_rounds_in_one_session_print_the_drivers_rss_at_each_rounds_star
             in scale_table({"sizes": {"1000": measured}}))
     measured["pipeline"]["driver_rss_at_round_starts"] = [410 * 2**20]  # one round: nothing to compare
     assert "each round's start" not in scale_table({"sizes": {"1000": measured}})
+
+
+def test_processes_are_named_by_what_they_run_and_their_cpu_summed_per_name_busiest_first():
+    from sppo_ray.bench.scale import cpu_by_process, process_label
+
+    assert process_label(["ray::GeneratorActor.generate"], 7, 1) == "GeneratorActor"
+    assert process_label(["ray::IDLE"], 7, 1) == "IDLE"
+    assert process_label(["/venv/lib/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=x"], 7, 1) == "raylet"
+    assert process_label(["/venv/bin/python", "-u", "/venv/lib/ray/dashboard/dashboard.py", "--host"], 7,
+                         1) == "dashboard.py"
+    assert process_label(["/venv/bin/python", "bench.py"], 7, 7) == "driver"
+    before = {1: ("driver", 10.0), 2: ("IDLE", 1.0), 3: ("IDLE", 2.0), 4: ("GeneratorActor", 100.0)}
+    after = {1: ("driver", 11.5), 2: ("IDLE", 1.5), 3: ("IDLE", 2.25), 4: ("GeneratorActor", 150.0),
+             5: ("raylet", 0.5), 6: ("gcs_server", 0.25)}  # 5 and 6 started in between: counted from 0
+    assert cpu_by_process(before, after) == [("GeneratorActor", 50.0), ("driver", 1.5), ("IDLE", 0.75),
+                                             ("raylet", 0.5), ("gcs_server", 0.25)]
+    assert cpu_by_process(before, after, top=2) == [("GeneratorActor", 50.0), ("driver", 1.5), ("others", 1.5)]
+
+
+def test_the_table_lists_the_busiest_processes_while_generating():
+    measured = _measured(0)
+    measured["pipeline"]["generate_cpu_by_process"] = [("GeneratorActor", 50.0), ("driver", 1.5)]
+    assert ("CPU s by process while generating at 1,000 prompts: GeneratorActor 50.0, driver 1.5"
+            in scale_table({"sizes": {"1000": measured}}))
