@@ -41,7 +41,6 @@ def _driver_arrow_on_system_allocator() -> None:
 
 
 _driver_arrow_on_system_allocator()
-bound_heap()  # the driver's C heap hands back what it frees (runtime.bound_heap): before Ray starts its threads
 
 _EPILOG = """examples:
   sppo-ray run jobs/tiny-cpu.yaml
@@ -268,6 +267,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# The commands whose process is a run's driver (it streams the stages' data through): their C heap hands back
+# what it frees (``runtime.bound_heap``). Not at import: a process that imports the CLI to do its own work (a test
+# session computing with torch, say) keeps glibc's defaults, under which reusing freed blocks costs no page faults.
+_DRIVER_COMMANDS = ("run", "resume", "rehearse", "eval", "bench")
+
 _COMMANDS = {
     "prepare-models": _cmd_prepare_models,
     "validate": _cmd_validate,
@@ -284,6 +288,8 @@ _COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command in _DRIVER_COMMANDS:
+        bound_heap()  # before Ray starts its threads
     if getattr(args, "verbose", False):
         from sppo_ray.orchestration.verbosity import VERBOSE_ENV
 

@@ -162,12 +162,13 @@ def _measure_here(folder: str) -> dict[str, Any]:
 def measure_dataset_stage(prompts: int = 20_000, k: int = 5, response_tokens: int = 450) -> dict[str, Any]:
     """The dataset stage's driver growth over the round's tables at this shape. The inputs are built and written in
     one fresh interpreter and the stage measured in another, so that nothing the build freed hides the stage's
-    own growth; that one is set up as `sppo-ray` sets up its driver (``sppo_ray.cli``: Arrow on the system
-    allocator, the heap bounded)."""
+    own growth; that one is set up as `sppo-ray run` sets up its driver (``sppo_ray.cli``: Arrow on the system
+    allocator; ``runtime.bound_heap``)."""
     with tempfile.TemporaryDirectory(prefix="sppo-paper-round-") as folder:
         _python(f"from sppo_ray.bench.paper_round import _write_inputs; "
                 f"_write_inputs({folder!r}, {int(prompts)}, {int(k)}, {int(response_tokens)})")
-        out = _python(f"import json, sppo_ray.cli; from sppo_ray.bench.paper_round import _measure_here; "
+        out = _python(f"import json, sppo_ray.cli; from sppo_ray.runtime import bound_heap; bound_heap(); "
+                      f"from sppo_ray.bench.paper_round import _measure_here; "
                       f"print(json.dumps(_measure_here({folder!r})))")
     return {"prompts": prompts, "k": k, "response_tokens": response_tokens,
             **json.loads(out.strip().splitlines()[-1])}
