@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LOG_DIR_ENV", "VERBOSE_ENV", "bound_heap", "log_role_output", "process_rss", "role_env", "set_role_log_dir",
-           "trim_heap",
-           "verbose", "where_am_i"]
+           "trim_heap", "verbose", "where_am_i"]
 
 VERBOSE_ENV = "SPPO_RAY_VERBOSE"
 # In a role's environment: RUN_DIR/logs, where the role's process writes its output (see log_role_output).
