@@ -159,6 +159,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1, choices=range(1, 101), metavar="N",
                    help="scale: rounds per size in one session (default 1); with more, the driver's RSS at each "
                         "round's start shows whether it settles or keeps climbing")
+    p.add_argument("--pairs", type=int, default=3, choices=range(1, 21), metavar="N",
+                   help="scale: pairs of (the generation stage alone, the bare engine) per size, alternated on the "
+                        "round's generators; the pipeline/bare figure is the median pair's (default 3)")
     _add_verbose(p)
     return parser
 
@@ -263,7 +266,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from sppo_ray.bench.runner import run_benchmarks
 
     run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny, sizes=args.sizes,
-                   rounds=args.rounds)
+                   rounds=args.rounds, pairs=args.pairs)
     return 0
 
 

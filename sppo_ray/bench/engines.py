@@ -7,7 +7,25 @@ import os
 import time
 from typing import Any
 
-__all__ = ["BareVLLM"]
+__all__ = ["BareVLLM", "chat_on_generator", "timed_chat"]
+
+
+def timed_chat(llm: Any, cfg, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
+    """One plain ``LLM.chat`` call over ``conversations``, K samples each at the run's sampling: tokens, seconds."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                            seed=cfg.seed)
+    started = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    return {"tokens": sum(len(o.token_ids) for out in outputs for o in out.outputs), "seconds": seconds}
+
+
+def chat_on_generator(generator: Any, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
+    """:func:`timed_chat` on a live GeneratorActor's own engine, for ``actor.__ray_call__``: the bare engine in the
+    generator's process, run on its engine thread once no request of the pipeline is in flight."""
+    return generator.engine.call(lambda: timed_chat(generator.llm, generator.cfg, conversations))
 
 
 class BareVLLM:
@@ -23,16 +41,7 @@ class BareVLLM:
         return os.getpid()
 
     def run(self, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
-        from vllm import SamplingParams
-
-        c = self.cfg
-        params = SamplingParams(n=c.k, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
-                                seed=c.seed)
-        started = time.perf_counter()
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)
-        seconds = time.perf_counter() - started
-        tokens = sum(len(o.token_ids) for out in outputs for o in out.outputs)
-        return {"tokens": tokens, "seconds": seconds}
+        return timed_chat(self.llm, self.cfg, conversations)
 
     def sample_passes(self, prompts: list[tuple[str, list[dict[str, str]]]]) -> list[dict[str, Any]]:
         """uclaml/SPPO's sampling: one pass over all prompts per sample index j, with seed j; GeneratedPrompt rows."""

@@ -32,11 +32,13 @@ __all__ = ["bench_round", "pipeline_round"]
 
 def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path,
                    watch: Callable[[Any], AbstractContextManager] | None = None, rounds: int = 1,
-                   on_round_start: Callable[[int], None] | None = None, metrics=None):
+                   on_round_start: Callable[[int], None] | None = None, metrics=None,
+                   after: Callable[[Any], None] | None = None):
     """Round 0 (and the next ``rounds`` - 1 on the same prompts) on fresh long-lived actors into a fresh
     ``run_dir``: (its RunDir, the actors' start-up seconds). ``watch(session)`` wraps round 0 itself, not the
     start-up; ``on_round_start(t)`` is called before each round; ``metrics``: the driver's RunMetrics (told each
-    stage as it starts), a fresh one by default."""
+    stage as it starts), a fresh one by default; ``after(session)`` runs once the rounds are done, on their
+    session."""
     from sppo_ray.orchestration.driver import run_round
     from sppo_ray.orchestration.metrics import RunMetrics
     from sppo_ray.orchestration.rundir import RunDir
@@ -55,6 +57,8 @@ def pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path
                 if on_round_start is not None:
                     on_round_start(t)
                 run_round(t, prompts, session, rd, config, metrics)
+        if after is not None:
+            after(session)
     finally:
         session.shutdown()
     return rd, startup

@@ -25,7 +25,7 @@ def _rounded(value: Any) -> Any:
 
 
 def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path, *, tiny: bool = False,
-                   sizes: list[int] | None = None, rounds: int = 1) -> dict:
+                   sizes: list[int] | None = None, rounds: int = 1, pairs: int = 3) -> dict:
     from sppo_ray.orchestration.preflight import plan_run
     from sppo_ray.orchestration.session import init_ray
 
@@ -84,7 +84,7 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
         from sppo_ray.bench.scale import bench_scale, scale_table
 
         result = bench_scale(config, plan, out, sizes or ([40, 80] if tiny else [1000, 2000, 5000]),
-                             keep=lambda partial: keep("scale", partial), rounds=rounds,
+                             keep=lambda partial: keep("scale", partial), rounds=rounds, pairs=pairs,
                              **({"paper_shape": (200, 45)} if tiny else {}))
         keep("scale", result)
         print(scale_table(result), flush=True)

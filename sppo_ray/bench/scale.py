@@ -2,8 +2,8 @@
 
 Each size gets fresh long-lived actors (their start-up is reported apart) and runs the driver's own ``run_round``
 on tiny random models of the config's architectures, so the cost measured is the orchestration's, not a model's.
-In the same run a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling; before and after the round,
-on up to 1,000 of its prompts) gives the generation baseline. Per size: seconds and seconds per 1,000 prompts of
+The generation baseline is a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling) measured in
+pairs with the generation stage alone, on the round's own generators once the round is done (see PAIRS). Per size: seconds and seconds per 1,000 prompts of
 each stage, the pipeline / bare generation throughput, the driver's and object store's peaks while the round ran,
 and the Parquet sizes. The driver's growth is set beside the Arrow bytes of the round's tables (responses and the
 judge's tables; the driver holds only the judge's), and both are extrapolated to the paper's round.
@@ -11,6 +11,8 @@ judge's tables; the driver holds only the judge's), and both are extrapolated to
 
 from __future__ import annotations
 
+import shutil
+import statistics
 import threading
 import time
 from dataclasses import replace
@@ -24,9 +26,10 @@ from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.orchestration.metrics import RunMetrics
 
-__all__ = ["SCALE_OVERRIDES", "bench_scale", "cpu_by_process", "driver_growth_slope", "growth_by_stage", "linearity",
-           "machine_busy_seconds", "paper_round_driver_bytes", "process_cpu_seconds", "process_label", "processes_cpu",
-           "scale_prompts", "scale_table", "stage_cpu", "stage_windows"]
+__all__ = ["PAIRS", "SCALE_OVERRIDES", "bench_scale", "cpu_by_process", "driver_growth_slope", "growth_by_stage",
+           "linearity", "machine_busy_seconds", "pair_ratios", "paired_generation", "paper_round_driver_bytes",
+           "process_cpu_seconds", "process_label", "processes_cpu", "scale_prompts", "scale_table", "stage_cpu",
+           "stage_windows"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -215,29 +218,84 @@ def _object_store_bytes() -> int | None:
         return None
 
 
-# The bare engine's speed does not depend on the prompt count once its batch is full: it is measured on at most
-# this many of the round's prompts, before and after the round (these machines drift; the mean is the baseline).
-BARE_PROMPTS = 1000
+# The generation stage against its engine, in pairs. Once the round is done, on its session: the driver's own
+# generation stage alone (into a scratch run directory), and one plain ``LLM.chat`` call on the same generators'
+# engines, in their processes, on the same prompts; the two alternate which goes first. These machines drift by up
+# to a fifth between two runs minutes apart (BENCHMARKS.md "Scale"), which a bare engine measured only before and
+# after the round put all on one side; in pairs it weighs on both alike. The figure is the median pair's ratio.
+PAIRS = 3
 
 
-def _bare_generation(config: RunConfig, policy: Path, prompts: list[Prompt]) -> dict[str, float]:
-    from sppo_ray.actor_pool import shutdown_pool
-    from sppo_ray.bench.engines import BareVLLM
-    from sppo_ray.generation.stage import generator_options
+def wait_for_quiet(busy_below: float = 0.15, within_s: float = 60.0, window_s: float = 1.0) -> float:
+    """Wait until the machine's busy CPU over ``window_s`` is under ``busy_below`` of its cores (or ``within_s``
+    has passed): the seconds waited."""
+    import os
 
-    engine = ray.remote(BareVLLM).options(**generator_options(config.resources)).remote(str(policy),
-                                                                                       config.generation)
-    try:
-        pid = ray.get(engine.pid.remote())
-        ray.get(engine.run.remote([list(p.messages) for p in prompts[:2]]))  # warm-up
-        busy, own = machine_busy_seconds(), process_cpu_seconds([pid])
-        measured = ray.get(engine.run.remote([list(p.messages) for p in prompts[:BARE_PROMPTS]]))
-        busy, own = machine_busy_seconds() - busy, process_cpu_seconds([pid]) - own
-    finally:
-        shutdown_pool([engine])
-    return {**measured, "prompts": min(len(prompts), BARE_PROMPTS),
-            "tokens_per_s": measured["tokens"] / measured["seconds"],
+    started = time.monotonic()
+    while time.monotonic() - started < within_s:
+        busy = machine_busy_seconds()
+        time.sleep(window_s)
+        if (machine_busy_seconds() - busy) / window_s < busy_below * (os.cpu_count() or 1):
+            break
+    return time.monotonic() - started
+
+
+def pair_ratios(pipeline: list[dict[str, Any]], bare: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each pair's pipeline / bare tokens per second, in order, and their median (the figure)."""
+    if not pipeline or len(pipeline) != len(bare):
+        raise ValueError(f"pair_ratios: {len(pipeline)} pipeline runs against {len(bare)} bare ones")
+    ratios = [p["tokens_per_s"] / b["tokens_per_s"] for p, b in zip(pipeline, bare)]
+    return {"ratios": ratios, "ratio": statistics.median(ratios)}
+
+
+def _timed(fn: Callable[[], tuple[int, float]], pids: list[int]) -> dict[str, Any]:
+    """``fn()``'s (tokens, seconds), with the CPU seconds of the processes ``pids`` and of the rest of the machine."""
+    busy, own = machine_busy_seconds(), process_cpu_seconds(pids)
+    tokens, seconds = fn()
+    busy, own = machine_busy_seconds() - busy, process_cpu_seconds(pids) - own
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
             "cpu_seconds": {"engine": own, "rest": max(0.0, busy - own)}}
+
+
+def _stage_alone(config: RunConfig, session, prompts: list[Prompt], scratch: Path) -> tuple[int, float]:
+    """The driver's generation stage on ``prompts`` with the policy the generators hold, into a scratch run
+    directory (removed after): (tokens, wall seconds, the assembled Parquet included)."""
+    from sppo_ray.orchestration.driver import _generate  # the round's own stage, not a copy of it
+    from sppo_ray.orchestration.rundir import RunDir
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    t, rd = session.generator_version, RunDir(str(scratch))
+    started = time.perf_counter()
+    _generate(t, prompts, session, rd, config)
+    seconds = time.perf_counter() - started
+    tokens = rd.done(t, "generate")["generated_tokens"]
+    shutil.rmtree(scratch, ignore_errors=True)
+    return tokens, seconds
+
+
+def _bare_on_generators(generators: list[Any], conversations: list[list[dict[str, str]]]) -> tuple[int, float]:
+    """One ``LLM.chat`` per generator on its share of ``conversations``, all at once: (tokens, the slowest's s)."""
+    from sppo_ray.bench.engines import chat_on_generator
+
+    shares = [conversations[i::len(generators)] for i in range(len(generators))]
+    done = ray.get([g.__ray_call__.remote(chat_on_generator, share) for g, share in zip(generators, shares) if share])
+    return sum(r["tokens"] for r in done), max(r["seconds"] for r in done)
+
+
+def paired_generation(config: RunConfig, session, prompts: list[Prompt], scratch: Path,
+                      pairs: int = PAIRS) -> dict[str, Any]:
+    """``pairs`` pairs of (the generation stage alone, the bare engine) on ``session``'s generators (see PAIRS):
+    {"pipeline": [run...], "bare": [run...], "ratios", "ratio"}, a run being ``_timed``'s dict."""
+    pids = [r["pid"] for r in ray.get([a.ready.remote() for a in session.generator_actors])]
+    conversations = [list(p.messages) for p in prompts]
+    wait_for_quiet()  # the ended round's processes (Ray Train's teardown) would weigh on the first pair only
+    sides = {"pipeline": lambda: _stage_alone(config, session, prompts, scratch),
+             "bare": lambda: _bare_on_generators(session.generator_actors, conversations)}
+    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "bare": []}
+    for i in range(pairs):
+        for side in ("pipeline", "bare") if i % 2 == 0 else ("bare", "pipeline"):
+            runs[side].append(_timed(sides[side], pids))
+    return {**runs, **pair_ratios(runs["pipeline"], runs["bare"])}
 
 
 def _settled_rss() -> int:
@@ -253,13 +311,14 @@ def _settled_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path, rounds: int = 1) -> dict[str, Any]:
+def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Path, rounds: int = 1,
+                    after: Callable[[Any], None] | None = None) -> dict[str, Any]:
     from sppo_ray.bench.round import pipeline_round
 
     peaks, starts = _Peaks(_object_store_bytes), []
     rd, startup = pipeline_round(config, plan, prompts, run_dir, watch=peaks.watching, rounds=rounds,
                                  on_round_start=lambda t: starts.append(_settled_rss()),
-                                 metrics=_StageClock(f"{config.name}-bench", peaks))
+                                 metrics=_StageClock(f"{config.name}-bench", peaks), after=after)
     summary, windows = rd.manifest()["rounds"]["0"], peaks.windows()
     files = {name: (run_dir / "round_0" / f"{name}.parquet") for name in ("responses", "tables", "train")}
     # the round's tables as Arrow, the yardstick of the driver's growth (it holds only the judge's: "tables")
@@ -315,31 +374,36 @@ def stage_cpu(samples: list[tuple[float, float, float]], windows: dict[str, tupl
 def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
                 keep: Callable[[dict[str, Any]], None] | None = None,
                 paper_shape: tuple[int, int] = (PAPER_PROMPTS, PAPER_RESPONSE_TOKENS),
-                rounds: int = 1) -> dict[str, Any]:
-    """One round at each size (smallest first), the bare engine on the same prompts before and after it; then the
-    dataset stage alone on synthetic tables of ``paper_shape`` (prompts, response tokens) at the config's K.
-    ``rounds`` > 1 runs that many rounds per size in one session (the figures are round 0's; the driver's RSS is
-    recorded at each round's start)."""
+                rounds: int = 1, pairs: int = PAIRS) -> dict[str, Any]:
+    """One round at each size (smallest first), then on its session ``pairs`` pairs of the generation stage alone
+    and the bare engine (see PAIRS); then the dataset stage alone on synthetic tables of ``paper_shape`` (prompts,
+    response tokens) at the config's K. ``rounds`` > 1 runs that many rounds per size in one session (the figures
+    are round 0's; the driver's RSS is recorded at each round's start)."""
     from sppo_ray.bench.paper_round import measure_dataset_stage
 
+    if pairs < 1:
+        raise ValueError(f"bench scale: pairs must be at least 1, got {pairs}")
     base = [p for round_prompts in plan.rounds for p in round_prompts]
     result: dict[str, Any] = {"k": config.generation.k, "max_new_tokens": config.generation.max_new_tokens,
                               "top_p": config.generation.top_p, "judge": config.judge.kind,
                               "generators": config.resources.generators,
                               "train_workers": config.resources.train_workers, "sizes": {}}
     for n in sorted(sizes):
-        prompts = scale_prompts(base, n)
-        before = _bare_generation(config, plan.policy_path, prompts)
-        pipeline = _pipeline_round(config, plan, prompts, out / f"scale_{n}", rounds)
-        after = _bare_generation(config, plan.policy_path, prompts)
-        bare_tps = (before["tokens_per_s"] + after["tokens_per_s"]) / 2
+        prompts, paired = scale_prompts(base, n), {}
+
+        def in_pairs(session, prompts=prompts, scratch=out / f"scale_{n}_pair") -> None:
+            paired.update(paired_generation(config, session, prompts, scratch, pairs))
+
+        pipeline = _pipeline_round(config, plan, prompts, out / f"scale_{n}", rounds, after=in_pairs)
+        bare_tps = statistics.mean(b["tokens_per_s"] for b in paired["bare"])
         gen_tps = pipeline["generated_tokens"] / pipeline["seconds"]["generate"]
         result["sizes"][str(n)] = {
-            "prompts": n, "pipeline": pipeline, "bare_generation": {"before": before, "after": after,
-                                                                    "tokens_per_s": bare_tps},
+            "prompts": n, "pipeline": pipeline, "bare_generation": {**paired, "tokens_per_s": bare_tps},
             "pipeline_generation_tokens_per_s": gen_tps,
             "seconds_per_1k_prompts": {s: pipeline["seconds"].get(s, 0.0) * 1000 / n for s in (*STAGES, "round")},
-            "ratio_pipeline_over_bare_generation": gen_tps / bare_tps,
+            "ratio_pipeline_over_bare_generation": paired["ratio"],
+            # the round's own generation stage over the pairs' bare mean: one run, minutes from the pairs
+            "ratio_round_generation_over_bare": gen_tps / bare_tps,
             "driver_growth_over_arrow_held": pipeline["driver_growth"] / pipeline["arrow_bytes_held"],
         }
         if keep is not None:  # written after each size: a later size failing loses nothing
@@ -401,6 +465,12 @@ def paper_round_driver_bytes(measured: dict[str, Any], k: int, dataset_stage_byt
                                                            fit_input_bytes)}
 
 
+def _means(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The mean wall seconds and engine / rest CPU seconds of ``_timed`` runs."""
+    return {"seconds": statistics.mean(r["seconds"] for r in runs),
+            **{k: statistics.mean(r["cpu_seconds"][k] for r in runs) for k in ("engine", "rest")}}
+
+
 def scale_table(result: dict[str, Any]) -> str:
     """The Markdown table BENCHMARKS.md's "Scale" section shows."""
     mb = 2**20
@@ -428,15 +498,23 @@ def scale_table(result: dict[str, Any]) -> str:
         if len(starts := result["sizes"][key]["pipeline"].get("driver_rss_at_round_starts", [])) > 1:
             lines.append(f"driver RSS at each round's start at {int(key):,} prompts, one session: " +
                          ", ".join(f"{b / mb:.0f}" for b in starts) + " MB")
-    for key in sorted(result["sizes"], key=int):  # where the generation's CPU went (absent from older JSON)
+    for key in sorted(result["sizes"], key=int):  # the pairs behind the ratio, and where their CPU went
         s = result["sizes"][key]
-        pipe, bare = s["pipeline"].get("generate_cpu_seconds"), s.get("bare_generation", {})
-        if pipe and "cpu_seconds" in bare.get("before", {}):
-            (b, a), wall = (bare[w]["cpu_seconds"] for w in ("before", "after")), s["pipeline"]["seconds"]["generate"]
-            lines.append(f"CPU s while generating at {int(key):,} prompts: pipeline {wall:.1f} s wall, engine process "
-                         f"{pipe['engine']:.1f} + rest of the machine {pipe['rest']:.1f}; bare engine (before/after) "
-                         f"{b['engine']:.1f}/{a['engine']:.1f} + rest {b['rest']:.1f}/{a['rest']:.1f} over "
-                         f"{bare['before']['seconds']:.1f}/{bare['after']['seconds']:.1f} s wall")
+        bare, pipe = s.get("bare_generation", {}), s["pipeline"].get("generate_cpu_seconds")
+        if "ratios" not in bare:  # an older run's JSON: bare before and after the round
+            continue
+        lines.append(f"generation / bare engine in pairs at {int(key):,} prompts: " +
+                     ", ".join(f"{r:.2f}" for r in bare["ratios"]) + f" (median {bare['ratio']:.2f}); the round's "
+                     f"own stage {s['pipeline_generation_tokens_per_s']:,.0f} tokens/s over the pairs' bare mean "
+                     f"{bare['tokens_per_s']:,.0f}: {s['ratio_round_generation_over_bare']:.2f}")
+        mean = {side: _means(bare[side]) for side in ("pipeline", "bare")}
+        if pipe:
+            lines.append(f"CPU s while generating at {int(key):,} prompts: the round's stage "
+                         f"{s['pipeline']['seconds']['generate']:.1f} s wall, engine process {pipe['engine']:.1f} + "
+                         f"rest of the machine {pipe['rest']:.1f}; in pairs (means), the stage alone "
+                         f"{mean['pipeline']['seconds']:.1f} s wall, engine {mean['pipeline']['engine']:.1f} + rest "
+                         f"{mean['pipeline']['rest']:.1f}, the bare engine {mean['bare']['seconds']:.1f} s wall, "
+                         f"engine {mean['bare']['engine']:.1f} + rest {mean['bare']['rest']:.1f}")
     for key in sorted(result["sizes"], key=int):  # and which processes (absent from older JSON)
         if busiest := result["sizes"][key]["pipeline"].get("generate_cpu_by_process"):
             lines.append(f"CPU s by process while generating at {int(key):,} prompts: " +

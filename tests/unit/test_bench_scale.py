@@ -146,14 +146,43 @@ def test_the_generation_stages_cpu_is_the_engines_and_the_rest_of_the_machines_b
         stage_cpu(samples, seconds, "sleep")
 
 
-def test_the_table_says_where_the_generations_cpu_went_beside_the_bare_engines():
+def _run(tokens_per_s: float, seconds: float, engine: float, rest: float) -> dict:
+    return {"tokens": tokens_per_s * seconds, "seconds": seconds, "tokens_per_s": tokens_per_s,
+            "cpu_seconds": {"engine": engine, "rest": rest}}
+
+
+def test_the_pipeline_over_bare_figure_is_the_median_pairs_and_a_missing_pair_is_refused():
+    from sppo_ray.bench.scale import pair_ratios
+
+    pipeline = [_run(900, 10, 18, 2), _run(1000, 9, 17, 2), _run(1100, 8, 16, 2)]
+    bare = [_run(1000, 9, 17, 1), _run(800, 11, 19, 1), _run(1000, 8, 16, 1)]
+    got = pair_ratios(pipeline, bare)
+    assert got["ratios"] == pytest.approx([0.9, 1.25, 1.1]) and got["ratio"] == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="2 pipeline runs against 3 bare"):
+        pair_ratios(pipeline[:2], bare)
+    with pytest.raises(ValueError):
+        pair_ratios([], [])
+
+
+def test_the_table_shows_each_pair_and_where_the_generations_cpu_went():
+    from sppo_ray.bench.scale import pair_ratios
+
     measured = _measured(0)
     measured["pipeline"]["generate_cpu_seconds"] = {"engine": 19.0, "rest": 3.25}
-    measured["bare_generation"] = {"before": {"seconds": 9.5, "cpu_seconds": {"engine": 18.0, "rest": 1.0}},
-                                   "after": {"seconds": 9.7, "cpu_seconds": {"engine": 18.5, "rest": 1.25}}}
+    runs = {"pipeline": [_run(950, 10.0, 18.0, 2.0), _run(1000, 9.0, 17.0, 3.0)],
+            "bare": [_run(1000, 9.5, 18.0, 1.0), _run(1000, 9.7, 18.5, 1.5)]}
+    measured["bare_generation"] = {**runs, **pair_ratios(runs["pipeline"], runs["bare"]), "tokens_per_s": 1000.0}
+    measured["pipeline_generation_tokens_per_s"] = 930.0
+    measured["ratio_round_generation_over_bare"] = 0.93
     table = scale_table({"sizes": {"1000": measured}})
-    assert ("CPU s while generating at 1,000 prompts: pipeline 10.0 s wall, engine process 19.0 + rest of the "
-            "machine 3.2; bare engine (before/after) 18.0/18.5 + rest 1.0/1.2 over 9.5/9.7 s wall") in table
+    assert ("generation / bare engine in pairs at 1,000 prompts: 0.95, 1.00 (median 0.97); the round's own stage "
+            "930 tokens/s over the pairs' bare mean 1,000: 0.93") in table
+    assert ("CPU s while generating at 1,000 prompts: the round's stage 10.0 s wall, engine process 19.0 + rest of "
+            "the machine 3.2; in pairs (means), the stage alone 9.5 s wall, engine 17.5 + rest 2.5, the bare engine "
+            "9.6 s wall, engine 18.2 + rest 1.2") in table
+    # an older run's JSON (a bare engine before and after the round) still renders, without the pairs' lines
+    measured["bare_generation"] = {"before": {"seconds": 9.5}, "after": {"seconds": 9.7}}
+    assert "in pairs" not in scale_table({"sizes": {"1000": measured}})
 
 
 def test_several_rounds_in_one_session_print_the_drivers_rss_at_each_rounds_start():
