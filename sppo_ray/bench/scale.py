@@ -125,6 +125,20 @@ def cpu_by_process(before: dict[int, tuple[str, float]], after: dict[int, tuple[
     return ranked[:top] + ([("others", others)] if others > 0 else [])
 
 
+def private_rss() -> int | None:
+    """This process's resident bytes that are its own: RSS less the pages it shares with other processes (shared
+    libraries' code and other mapped files, which the kernel can drop and read back, and the object store's shared
+    memory, which the store's own figure counts). Linux's /proc/self/statm; None where it is missing."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            resident, shared = (int(x) for x in f.read().split()[1:3])
+    except (OSError, ValueError):
+        return None
+    return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+
 class _Peaks:
     """Samples the driver's RSS (and the object store's bytes in use) in a thread while the block runs."""
 
@@ -135,6 +149,8 @@ class _Peaks:
         self.base_rss = self.peak_rss = 0
         self.peak_store: int | None = None
         self.series: list[tuple[float, int]] = []  # (seconds since the block began, RSS)
+        self.base_private: int | None = None
+        self.private: list[tuple[float, int]] = []  # (seconds since the block began, private_rss())
         # (seconds since the block began, machine busy CPU s, the engines' processes' CPU s)
         self.cpu: list[tuple[float, float, float]] = []
         self.engine_pids: list[int] = []  # the generators' processes, on this machine (set before the block)
@@ -151,6 +167,8 @@ class _Peaks:
             self.peak_rss = max(self.peak_rss, rss)
             now = time.monotonic() - self._started
             self.series.append((now, rss))
+            if (own := private_rss()) is not None:
+                self.private.append((now, own))
             self.cpu.append((now, machine_busy_seconds(), process_cpu_seconds(self.engine_pids)))
             if time.monotonic() - last_store >= 2.0:  # a raylet round trip: less often
                 last_store = time.monotonic()
@@ -179,6 +197,7 @@ class _Peaks:
 
     def __enter__(self) -> "_Peaks":
         self.base_rss = self.peak_rss = self._proc.memory_info().rss  # after the actors' start-up
+        self.base_private = private_rss()
         self._started = time.monotonic()
         self.cpu.append((0.0, machine_busy_seconds(), process_cpu_seconds(self.engine_pids)))
         self._thread.start()
@@ -329,6 +348,9 @@ def _pipeline_round(config: RunConfig, plan, prompts: list[Prompt], run_dir: Pat
             "driver_rss_before": peaks.base_rss, "driver_rss_peak": peaks.peak_rss,
             "driver_growth": peaks.peak_rss - peaks.base_rss,
             "driver_growth_by_stage": growth_by_stage(peaks.series, peaks.base_rss, windows),
+            **({"driver_private_growth": max(b for _, b in peaks.private) - peaks.base_private,
+                "driver_private_growth_by_stage": growth_by_stage(peaks.private, peaks.base_private, windows)}
+               if peaks.private and peaks.base_private is not None else {}),
             "generate_cpu_seconds": stage_cpu(peaks.cpu, windows, "generate"),
             "generate_cpu_by_process": peaks.cpu_by_process("generate"),
             "object_store_peak": peaks.peak_store, "driver_rss_at_round_starts": starts,
@@ -475,7 +497,7 @@ def scale_table(result: dict[str, Any]) -> str:
     """The Markdown table BENCHMARKS.md's "Scale" section shows."""
     mb = 2**20
     head = ("| prompts | generate s (s/1k) | judge s (s/1k) | train s (s/1k) | round s (s/1k) | pipeline/bare gen "
-            "| driver +MB (tables MB) | object store peak MB | Parquet MB resp/tables/train |")
+            "| driver +MB own/RSS (tables MB) | object store peak MB | Parquet MB resp/tables/train |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key in sorted(result["sizes"], key=int):
         s = result["sizes"][key]
@@ -483,8 +505,9 @@ def scale_table(result: dict[str, Any]) -> str:
         cells = [f"{p['seconds'].get(st, 0.0):.1f} ({per[st]:.1f})" for st in ("generate", "judge", "train", "round")]
         store = "n/a" if p["object_store_peak"] is None else f"{p['object_store_peak'] / mb:.0f}"
         files = "/".join(f"{p['parquet_bytes'][f] / mb:.1f}" for f in ("responses", "tables", "train"))
+        own = f"{p['driver_private_growth'] / mb:.0f}/" if "driver_private_growth" in p else "n/a/"  # older JSON
         lines.append(f"| {s['prompts']:,} | " + " | ".join(cells) +
-                     f" | {s['ratio_pipeline_over_bare_generation']:.2f} | {p['driver_growth'] / mb:.0f} "
+                     f" | {s['ratio_pipeline_over_bare_generation']:.2f} | {own}{p['driver_growth'] / mb:.0f} "
                      f"({p['arrow_bytes_held'] / mb:.1f}) | {store} | {files} |")
     lines.append("")
     for key in sorted(result["sizes"], key=int):  # where the driver grew (absent from an older run's JSON)
@@ -494,6 +517,9 @@ def scale_table(result: dict[str, Any]) -> str:
             lines.append(f"driver +MB by stage at {int(key):,} prompts: " +
                          ", ".join(f"{st} {b / mb:.0f}" for st, b in by_stage.items()) +
                          f" (RSS at the round's start {p['driver_rss_before'] / mb:.0f} MB)")
+        if own := p.get("driver_private_growth_by_stage"):  # less the pages shared with other processes
+            lines.append(f"driver's own memory +MB by stage at {int(key):,} prompts: " +
+                         ", ".join(f"{st} {b / mb:.0f}" for st, b in own.items()))
     for key in sorted(result["sizes"], key=int):  # several rounds in one session: does the driver settle?
         if len(starts := result["sizes"][key]["pipeline"].get("driver_rss_at_round_starts", [])) > 1:
             lines.append(f"driver RSS at each round's start at {int(key):,} prompts, one session: " +

@@ -73,7 +73,24 @@ def test_the_table_has_a_row_per_size_in_order():
     table = scale_table({"sizes": {"2000": {**_measured(0), "prompts": 2000}, "1000": _measured(0)}}).splitlines()
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert table[2].startswith("| 1,000 |") and table[3].startswith("| 2,000 |") and "| n/a |" in table[2]
-    assert "| 0.97 |" in table[2]
+    assert "| 0.97 | n/a/0 (4.8) |" in table[2]  # an older run's JSON: no own-memory figure
+
+
+def test_the_drivers_own_memory_is_its_rss_less_the_pages_it_shares_and_the_table_shows_both():
+    from sppo_ray.bench.scale import private_rss
+    from sppo_ray.runtime import process_rss
+
+    before = private_rss()
+    assert 0 < before < process_rss()  # the interpreter's own code pages are shared
+    block = b"\x01" * (64 * 2**20)  # written: 64 MB of this process's own pages
+    assert private_rss() - before >= 60 * 2**20
+    del block
+    measured = _measured(3 * 2**20)
+    measured["pipeline"].update(driver_private_growth=2 * 2**20,
+                                driver_private_growth_by_stage={"generate": 2**20, "judge": 2 * 2**20})
+    table = scale_table({"sizes": {"1000": measured}})
+    assert "| 0.97 | 2/3 (4.8) |" in table
+    assert "driver's own memory +MB by stage at 1,000 prompts: generate 1, judge 2" in table
 
 
 def test_the_drivers_growth_is_split_at_the_moments_the_driver_entered_each_stage():
