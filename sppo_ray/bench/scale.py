@@ -3,10 +3,11 @@
 Each size gets fresh long-lived actors (their start-up is reported apart) and runs the driver's own ``run_round``
 on tiny random models of the config's architectures, so the cost measured is the orchestration's, not a model's.
 The generation baseline is a bare vLLM engine (one ``LLM.chat`` call, same prompts, same sampling) measured in
-pairs with the generation stage alone, on the round's own generators once the round is done (see PAIRS). Per size: seconds and seconds per 1,000 prompts of
-each stage, the pipeline / bare generation throughput, the driver's and object store's peaks while the round ran,
-and the Parquet sizes. The driver's growth is set beside the Arrow bytes of the round's tables (responses and the
-judge's tables; the driver holds only the judge's), and both are extrapolated to the paper's round.
+pairs with the generation stage alone, on the round's own generators once the round is done (see PAIRS). Per
+size: seconds and seconds per 1,000 prompts of each stage, the pipeline / bare generation throughput, the driver's
+(RSS and its own memory) and object store's peaks while the round ran, and the Parquet sizes. The driver's
+growth is set beside the Arrow bytes of the round's tables (responses and the judge's tables; the driver holds
+only the judge's), and both are extrapolated to the paper's round.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from sppo_ray.orchestration.metrics import RunMetrics
 
 __all__ = ["PAIRS", "SCALE_OVERRIDES", "bench_scale", "cpu_by_process", "driver_growth_slope", "growth_by_stage",
            "linearity", "machine_busy_seconds", "pair_ratios", "paired_generation", "paper_round_driver_bytes",
-           "process_cpu_seconds", "process_label", "processes_cpu", "scale_prompts", "scale_table", "stage_cpu",
-           "stage_windows"]
+           "private_rss", "process_cpu_seconds", "process_label", "processes_cpu", "scale_prompts", "scale_table",
+           "stage_cpu", "stage_windows", "wait_for_quiet"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
