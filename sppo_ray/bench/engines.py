@@ -24,7 +24,9 @@ def timed_chat(llm: Any, cfg, conversations: list[list[dict[str, str]]]) -> dict
 
 def chat_on_generator(generator: Any, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
     """:func:`timed_chat` on a live GeneratorActor's own engine, for ``actor.__ray_call__``: the bare engine in the
-    generator's process, run on its engine thread once no request of the pipeline is in flight."""
+    generator's process, run on its engine thread once no request of the pipeline is in flight (a sleeping engine
+    is woken first, as for the pipeline's own calls)."""
+    generator.wake_up()
     return generator.engine.call(lambda: timed_chat(generator.llm, generator.cfg, conversations))
 
 

@@ -210,6 +210,8 @@ class _Peaks:
         self.cpu.append((time.monotonic() - self._started, machine_busy_seconds(),
                          process_cpu_seconds(self.engine_pids)))
         self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+        if (own := private_rss()) is not None:
+            self.private.append((time.monotonic() - self._started, own))
         if self._started:
             self.processes.append(processes_cpu())
         self._started = 0.0
