@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -182,6 +183,26 @@ def _watching_steps(fit_dir: Path, on_steps: Callable[[dict[str, Any]], None] | 
         report()  # the final step, should the fit end between two polls
 
 
+@contextmanager
+def _own_sigint_handler():
+    """The driver's Ctrl-C handler back once the fit is over.
+
+    ``TorchTrainer.fit`` installs a SIGINT handler (a first Ctrl-C aborts the fit gracefully) and leaves it
+    installed. Left there, it kept the fit's controller actor alive until the next fit, with its dataset actors
+    (three processes using CPU beside the next round's engines), and it took a later Ctrl-C for itself: a press
+    in the next round's generation logged "Gracefully aborting the training run" and the run went on (Ray's
+    handler does nothing on a second press and calls ``sys.exit(0)`` on a third).
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has signal handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, send_to, export: str, key: str,
          run_name: str | None) -> None:
     """One Ray Train fit that leaves π_{t+1} in ``export``; an error after the export is reported, not raised."""
@@ -217,7 +238,8 @@ def _fit(train_parquet, model_path, cfg, res, storage_path, name, worker_env, se
         ),
     )
     try:
-        trainer.fit()
+        with _own_sigint_handler():
+            trainer.fit()
     except Exception as err:  # noqa: BLE001 - Ray Train's TrainingFailedError, or any error from the group
         if not export_is_finished(export, key):
             raise RuntimeError(f"training failed: {err}") from err
