@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-__all__ = ["BareVLLM", "chat_on_generator", "timed_chat"]
+__all__ = ["BareVLLM", "chat_on_generator", "start_step_log", "take_step_log", "timed_chat"]
 
 
 def timed_chat(llm: Any, cfg, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
@@ -28,6 +28,31 @@ def chat_on_generator(generator: Any, conversations: list[list[dict[str, str]]])
     is woken first, as for the pipeline's own calls)."""
     generator.wake_up()
     return generator.engine.call(lambda: timed_chat(generator.llm, generator.cfg, conversations))
+
+
+def start_step_log(generator: Any) -> float:
+    """For ``actor.__ray_call__``: from now on the generator's engine notes each of its steps as (start, end) on
+    this process's ``perf_counter`` (both the pipeline's calls and a bare ``LLM.chat`` step the same engine object);
+    returns that clock's now. Calling it again starts a new log."""
+    engine = generator.llm.llm_engine
+    if getattr(engine, "bench_steps", None) is None:
+        step = engine.step
+
+        def logged_step() -> Any:
+            started = time.perf_counter()
+            try:
+                return step()
+            finally:
+                engine.bench_steps.append((started, time.perf_counter()))
+
+        engine.step = logged_step
+    engine.bench_steps = []
+    return time.perf_counter()
+
+
+def take_step_log(generator: Any) -> tuple[list[tuple[float, float]], float]:
+    """For ``actor.__ray_call__``: the steps noted since :func:`start_step_log`, and this process's clock now."""
+    return generator.llm.llm_engine.bench_steps, time.perf_counter()
 
 
 class BareVLLM:

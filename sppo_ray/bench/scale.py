@@ -27,10 +27,10 @@ from sppo_ray.config import RunConfig
 from sppo_ray.data.prompts import Prompt
 from sppo_ray.orchestration.metrics import RunMetrics
 
-__all__ = ["PAIRS", "SCALE_OVERRIDES", "bench_scale", "cpu_by_process", "driver_growth_slope", "growth_by_stage",
-           "linearity", "machine_busy_seconds", "pair_ratios", "paired_generation", "paper_round_driver_bytes",
-           "private_rss", "process_cpu_seconds", "process_label", "processes_cpu", "scale_prompts", "scale_table",
-           "stage_cpu", "stage_windows", "wait_for_quiet"]
+__all__ = ["PAIRS", "SCALE_OVERRIDES", "at_equal_step_speed", "bench_scale", "cpu_by_process", "driver_growth_slope",
+           "engine_timeline", "growth_by_stage", "linearity", "machine_busy_seconds", "pair_ratios",
+           "paired_generation", "paper_round_driver_bytes", "private_rss", "process_cpu_seconds", "process_label",
+           "processes_cpu", "scale_prompts", "scale_table", "stage_cpu", "stage_windows", "wait_for_quiet"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -270,13 +270,54 @@ def pair_ratios(pipeline: list[dict[str, Any]], bare: list[dict[str, Any]]) -> d
     return {"ratios": ratios, "ratio": statistics.median(ratios)}
 
 
-def _timed(fn: Callable[[], tuple[int, float]], pids: list[int]) -> dict[str, Any]:
-    """``fn()``'s (tokens, seconds), with the CPU seconds of the processes ``pids`` and of the rest of the machine."""
+def engine_timeline(logs: list[tuple[list[tuple[float, float]], float, float]]) -> dict[str, float]:
+    """What the engines did during a run, from each one's steps (start, end) and the run's start and end on that
+    engine's clock: steps and the seconds spent in them, and the seconds not stepping before the first step,
+    between steps and after the last; each per engine (the mean over the engines).
+
+    Not stepping is not idle: between two steps an engine also takes in the requests of a call that arrived (a
+    bare ``LLM.chat`` takes in all of its requests before its first step)."""
+    if not logs:
+        raise ValueError("engine_timeline: no engine")
+    out = {"steps": 0.0, "stepping": 0.0, "before_first": 0.0, "between": 0.0, "after_last": 0.0}
+    for steps, started, ended in logs:
+        if not steps:
+            out["before_first"] += ended - started
+            continue
+        out["steps"] += len(steps)
+        out["stepping"] += sum(end - start for start, end in steps)
+        out["before_first"] += max(0.0, steps[0][0] - started)
+        out["between"] += sum(max(0.0, b[0] - a[1]) for a, b in zip(steps, steps[1:]))
+        out["after_last"] += max(0.0, ended - steps[-1][1])
+    return {k: v / len(logs) for k, v in out.items()}
+
+
+def at_equal_step_speed(pipeline: dict[str, Any], bare: dict[str, Any]) -> float:
+    """Pipeline / bare tokens per second with the pipeline run's steps taken at the bare run's seconds per step:
+    what the pipeline costs around the engine (time not stepping, more or fewer steps), without how fast the
+    engine's steps ran in each run. That speed moves by up to a tenth between two bare runs in a row on these
+    machines, more than the figure measured; but the driver's and Ray's own CPU on the engine's cores slows steps
+    too, and this leaves that out: it is printed beside the plain ratio, not instead of it."""
+    p, b = pipeline["engine_timeline"], bare["engine_timeline"]
+    per_step = b["stepping"] / b["steps"]
+    seconds = pipeline["seconds"] - p["stepping"] + p["steps"] * per_step
+    return (pipeline["tokens"] / seconds) / bare["tokens_per_s"]
+
+
+def _timed(fn: Callable[[], tuple[int, float]], pids: list[int], generators: list[Any] = ()) -> dict[str, Any]:
+    """``fn()``'s (tokens, seconds), with the CPU seconds of the processes ``pids`` and of the rest of the machine,
+    and with ``generators`` what their engines did (``engine_timeline``)."""
+    from sppo_ray.bench.engines import start_step_log, take_step_log
+
+    started = ray.get([g.__ray_call__.remote(start_step_log) for g in generators])
     busy, own = machine_busy_seconds(), process_cpu_seconds(pids)
     tokens, seconds = fn()
     busy, own = machine_busy_seconds() - busy, process_cpu_seconds(pids) - own
+    logs = ray.get([g.__ray_call__.remote(take_step_log) for g in generators])
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "cpu_seconds": {"engine": own, "rest": max(0.0, busy - own)}}
+            "cpu_seconds": {"engine": own, "rest": max(0.0, busy - own)},
+            **({"engine_timeline": engine_timeline([(steps, start, end) for (steps, end), start
+                                                     in zip(logs, started)])} if generators else {})}
 
 
 def _stage_alone(config: RunConfig, session, prompts: list[Prompt], scratch: Path) -> tuple[int, float]:
@@ -316,8 +357,9 @@ def paired_generation(config: RunConfig, session, prompts: list[Prompt], scratch
     runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "bare": []}
     for i in range(pairs):
         for side in ("pipeline", "bare") if i % 2 == 0 else ("bare", "pipeline"):
-            runs[side].append(_timed(sides[side], pids))
-    return {**runs, **pair_ratios(runs["pipeline"], runs["bare"])}
+            runs[side].append(_timed(sides[side], pids, session.generator_actors))
+    return {**runs, **pair_ratios(runs["pipeline"], runs["bare"]),
+            "ratios_at_equal_step_speed": [at_equal_step_speed(p, b) for p, b in zip(runs["pipeline"], runs["bare"])]}
 
 
 def _settled_rss() -> int:
@@ -544,6 +586,20 @@ def scale_table(result: dict[str, Any]) -> str:
                          f"{mean['pipeline']['seconds']:.1f} s wall, engine {mean['pipeline']['engine']:.1f} + rest "
                          f"{mean['pipeline']['rest']:.1f}, the bare engine {mean['bare']['seconds']:.1f} s wall, "
                          f"engine {mean['bare']['engine']:.1f} + rest {mean['bare']['rest']:.1f}")
+    for key in sorted(result["sizes"], key=int):  # what the engine did meanwhile (absent from older JSON)
+        bare = result["sizes"][key].get("bare_generation", {})
+        if "ratios_at_equal_step_speed" not in bare:
+            continue
+        sides = {}
+        for side in ("pipeline", "bare"):
+            t = {k: statistics.mean(r["engine_timeline"][k] for r in bare[side]) for k in bare[side][0]["engine_timeline"]}
+            sides[side] = (f"{t['steps']:.0f} steps of {1000 * t['stepping'] / max(t['steps'], 1):.1f} ms, not stepping "
+                           f"{t['before_first']:.2f} s before the first, {t['between']:.2f} between steps, "
+                           f"{t['after_last']:.2f} after the last")
+        equal = bare["ratios_at_equal_step_speed"]
+        lines.append(f"the engine in pairs at {int(key):,} prompts (means): the stage alone {sides['pipeline']}; the "
+                     f"bare engine {sides['bare']}; generation / bare at the bare run's step speed: " +
+                     ", ".join(f"{r:.2f}" for r in equal) + f" (median {statistics.median(equal):.2f})")
     for key in sorted(result["sizes"], key=int):  # and which processes (absent from older JSON)
         if busiest := result["sizes"][key]["pipeline"].get("generate_cpu_by_process"):
             lines.append(f"CPU s by process while generating at {int(key):,} prompts: " +

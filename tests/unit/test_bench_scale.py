@@ -239,3 +239,45 @@ def test_the_table_lists_the_busiest_processes_while_generating():
     measured["pipeline"]["generate_cpu_by_process"] = [("GeneratorActor", 50.0), ("driver", 1.5)]
     assert ("CPU s by process while generating at 1,000 prompts: GeneratorActor 50.0, driver 1.5"
             in scale_table({"sizes": {"1000": measured}}))
+
+
+def test_the_engines_timeline_splits_a_run_into_steps_and_the_time_around_them():
+    from sppo_ray.bench.scale import engine_timeline
+
+    # one engine: the run from 10.0 to 20.0; steps 11-13, 13.5-16, 17-19.5
+    one = engine_timeline([([(11.0, 13.0), (13.5, 16.0), (17.0, 19.5)], 10.0, 20.0)])
+    assert one == pytest.approx({"steps": 3, "stepping": 7.0, "before_first": 1.0, "between": 1.5, "after_last": 0.5})
+    # two engines: per engine (the mean); an engine that never stepped was not stepping the whole run
+    two = engine_timeline([([(11.0, 13.0), (13.5, 16.0), (17.0, 19.5)], 10.0, 20.0), ([], 0.0, 10.0)])
+    assert two == pytest.approx({"steps": 1.5, "stepping": 3.5, "before_first": 5.5, "between": 0.75,
+                                 "after_last": 0.25})
+    with pytest.raises(ValueError):
+        engine_timeline([])
+
+
+def _timed_run(tokens: float, seconds: float, steps: int, stepping: float, between: float = 0.0) -> dict:
+    return {**_run(tokens / seconds, seconds, 1.0, 1.0),
+            "engine_timeline": {"steps": steps, "stepping": stepping, "before_first": seconds - stepping - between - 0.1,
+                                "between": between, "after_last": 0.1}}
+
+
+def test_at_equal_step_speed_keeps_the_pipelines_time_around_the_engine_and_drops_its_slower_steps():
+    from sppo_ray.bench.scale import at_equal_step_speed, pair_ratios
+
+    bare = _timed_run(10_000, 10.0, 100, 9.5)  # 95 ms a step, 0.5 s around them
+    # the same steps 10% slower and 1 s around them: 0.87 plainly, 0.95 at the bare run's step speed
+    pipeline = _timed_run(10_000, 11.45, 100, 10.45, between=0.6)
+    assert pair_ratios([pipeline], [bare])["ratio"] == pytest.approx(10 / 11.45)
+    assert at_equal_step_speed(pipeline, bare) == pytest.approx(10 / 10.5)
+    # more steps for the same tokens (emptier batches) cost the pipeline even at the same speed
+    assert at_equal_step_speed(_timed_run(10_000, 11.0, 110, 10.45), bare) == pytest.approx(10 / (0.55 + 10.45))
+    measured = _measured(0)
+    runs = {"pipeline": [pipeline, pipeline], "bare": [bare, bare]}
+    measured["bare_generation"] = {**runs, **pair_ratios(runs["pipeline"], runs["bare"]), "tokens_per_s": 1000.0,
+                                   "ratios_at_equal_step_speed": [at_equal_step_speed(pipeline, bare)] * 2}
+    measured["pipeline_generation_tokens_per_s"] = 930.0
+    measured["ratio_round_generation_over_bare"] = 0.93
+    assert ("the engine in pairs at 1,000 prompts (means): the stage alone 100 steps of 104.5 ms, not stepping 0.30 s "
+            "before the first, 0.60 between steps, 0.10 after the last; the bare engine 100 steps of 95.0 ms, not "
+            "stepping 0.40 s before the first, 0.00 between steps, 0.10 after the last; generation / bare at the bare "
+            "run's step speed: 0.95, 0.95 (median 0.95)") in scale_table({"sizes": {"1000": measured}})
