@@ -592,10 +592,11 @@ def scale_table(result: dict[str, Any]) -> str:
             continue
         sides = {}
         for side in ("pipeline", "bare"):
-            t = {k: statistics.mean(r["engine_timeline"][k] for r in bare[side]) for k in bare[side][0]["engine_timeline"]}
-            sides[side] = (f"{t['steps']:.0f} steps of {1000 * t['stepping'] / max(t['steps'], 1):.1f} ms, not stepping "
-                           f"{t['before_first']:.2f} s before the first, {t['between']:.2f} between steps, "
-                           f"{t['after_last']:.2f} after the last")
+            timelines = [r["engine_timeline"] for r in bare[side]]
+            t = {k: statistics.mean(tl[k] for tl in timelines) for k in timelines[0]}
+            sides[side] = (f"{t['steps']:.0f} steps of {1000 * t['stepping'] / max(t['steps'], 1):.1f} ms, "
+                           f"not stepping {t['before_first']:.2f} s before the first, {t['between']:.2f} between "
+                           f"steps, {t['after_last']:.2f} after the last")
         equal = bare["ratios_at_equal_step_speed"]
         lines.append(f"the engine in pairs at {int(key):,} prompts (means): the stage alone {sides['pipeline']}; the "
                      f"bare engine {sides['bare']}; generation / bare at the bare run's step speed: " +

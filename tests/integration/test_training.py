@@ -70,22 +70,18 @@ def test_fit_lowers_loss_and_reports_metrics(trained):
     assert not (trained.model_dir.parent / "ray_train" / "fit").exists()
 
 
-def _ray_processes(title: str) -> list[int]:
-    import psutil
-
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(title)]
-
-
 def test_after_a_fit_ctrl_c_interrupts_the_driver_and_the_fits_actors_are_gone(trained):
     # Ray Train's own Ctrl-C handler (it aborts a fit) is not left behind: a later Ctrl-C interrupts the driver
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
     # and the fit's controller and dataset actors end with the fit, not with the next one
-    deadline, titles = time.monotonic() + 30, ("ray::TrainController", "ray::DatasetManager", "ray::SplitCoordinator")
-    while (left := [pid for title in titles for pid in _ray_processes(title)]) and time.monotonic() < deadline:
+    from sppo_ray.bench.scale import processes_cpu  # each process of the machine by what it runs
+
+    deadline, fits = time.monotonic() + 30, {"TrainController", "DatasetManager", "SplitCoordinator"}
+    while (left := {label for label, _ in processes_cpu().values()} & fits) and time.monotonic() < deadline:
         time.sleep(1)
-    assert left == []
+    assert left == set()
 
 
 def _assert_export_is_the_trained_model(model_dir: Path, dtype=torch.float32, abs_tol: float = 1e-3) -> None:

@@ -257,8 +257,8 @@ def test_the_engines_timeline_splits_a_run_into_steps_and_the_time_around_them()
 
 def _timed_run(tokens: float, seconds: float, steps: int, stepping: float, between: float = 0.0) -> dict:
     return {**_run(tokens / seconds, seconds, 1.0, 1.0),
-            "engine_timeline": {"steps": steps, "stepping": stepping, "before_first": seconds - stepping - between - 0.1,
-                                "between": between, "after_last": 0.1}}
+            "engine_timeline": {"steps": steps, "stepping": stepping, "between": between, "after_last": 0.1,
+                                "before_first": seconds - stepping - between - 0.1}}
 
 
 def test_at_equal_step_speed_keeps_the_pipelines_time_around_the_engine_and_drops_its_slower_steps():
