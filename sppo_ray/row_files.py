@@ -39,7 +39,10 @@ class ParquetRows:
         self.num_rows = self._file().metadata.num_rows
 
     def _file(self) -> pq.ParquetFile:
-        return pq.ParquetFile(self.path, filesystem=self.fs)
+        """The file, read without pyarrow's pre-buffering (``ParquetFile``'s default): with it, the driver's RSS
+        crept up while a stage read its files a row group at a time and fell back only when they were closed (the
+        responses' assembly at the paper's shape: +70 MB with it, +49 without, BENCHMARKS.md "Scale")."""
+        return pq.ParquetFile(self.path, filesystem=self.fs, pre_buffer=False)
 
     def column(self, name: str) -> pa.ChunkedArray:
         return self._file().read(columns=[name]).column(name)

@@ -5,8 +5,9 @@ does per token cannot show. The paper's round is 20,000 prompts × K = 5 answers
 alone holds 45 M token ids. This builds a responses table and a judged table of that shape (random token ids and
 text, every prompt with a preference), then measures in a fresh process the driver's resident memory over the judged
 table it holds while its generation stage spools and assembles the responses, while its own ``_dataset`` builds
-and writes train.parquet and train_trl.parquet from them, and the Arrow bytes of what the driver reads of
-train.parquet for the fit.
+and writes train.parquet and train_trl.parquet from them, and the Arrow bytes of the fit's input
+(what the driver reads of train.parquet for the fit when the file is small enough for it to read, see
+``training.trainer.DRIVER_READ_BYTES``).
 """
 
 from __future__ import annotations
@@ -131,13 +132,14 @@ def _measure_here(folder: str) -> dict[str, Any]:
     """The driver's part, over the judge's tables it holds: the generation stage's spooling and assembly of the
     responses (``_spool_responses``), then the driver's own dataset stage (``_dataset``: train.parquet and
     train_trl.parquet written into a scratch run directory, the responses read from their file), then the size of
-    the fit's input as the driver reads it (``training_columns``) beside the whole training set's."""
+    the fit's input (``training_columns``) beside the whole training set's, and whether the driver reads it."""
     import pyarrow.parquet as pq
 
     from sppo_ray.orchestration.driver import _dataset
     from sppo_ray.orchestration.rundir import RunDir
     from sppo_ray.row_files import ParquetRows
     from sppo_ray.training.batching import training_columns
+    from sppo_ray.training.trainer import DRIVER_READ_BYTES
 
     judged = pq.read_table(f"{folder}/tables.parquet")
     rd = RunDir(f"{folder}/run")
@@ -156,7 +158,8 @@ def _measure_here(folder: str) -> dict[str, Any]:
             "train_rows": rd.done(0, "dataset")["rows"], "parquet_bytes": files,
             "generation_growth_bytes": gen_peak - base, "generation_seconds": gen_seconds,
             "growth_bytes": peak - base, "seconds": seconds,
-            "fit_input_bytes": fit_input, "train_arrow_bytes": pq.read_table(train).nbytes}
+            "fit_input_bytes": fit_input, "driver_reads_fit_input": files["train"] <= DRIVER_READ_BYTES,
+            "train_arrow_bytes": pq.read_table(train).nbytes}
 
 
 def measure_dataset_stage(prompts: int = 20_000, k: int = 5, response_tokens: int = 450) -> dict[str, Any]:

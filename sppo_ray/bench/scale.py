@@ -481,7 +481,8 @@ def bench_scale(config: RunConfig, plan, out: Path, sizes: list[int],
                                                                           paper_shape[1])
     largest = result["sizes"][str(max(sizes))]
     result["paper_round_driver_bytes"] = paper_round_driver_bytes(
-        largest, config.generation.k, dataset["growth_bytes"], dataset["fit_input_bytes"],
+        largest, config.generation.k, dataset["growth_bytes"],
+        dataset["fit_input_bytes"] if dataset["driver_reads_fit_input"] else 0,
         dataset["generation_growth_bytes"])
     return result
 
@@ -613,8 +614,10 @@ def scale_table(result: dict[str, Any]) -> str:
                      f" MB): driver +{dataset.get('generation_growth_bytes', 0) / mb:.0f} MB spooling and assembling the "
                      f"responses ({dataset.get('generation_seconds', 0):.1f} s), "
                      f"+{dataset['growth_bytes'] / mb:.0f} MB in the dataset stage, {dataset['seconds']:.1f} s; "
-                     f"the fit's input as the driver reads it {dataset.get('fit_input_bytes', 0) / mb:.0f} MB "
-                     f"(the whole training set {dataset.get('train_arrow_bytes', 0) / mb:.0f} MB)")
+                     f"the fit's input {dataset.get('fit_input_bytes', 0) / mb:.0f} MB (the whole training set "
+                     f"{dataset.get('train_arrow_bytes', 0) / mb:.0f} MB), read by "
+                     + ("the driver" if dataset.get("driver_reads_fit_input", True) else
+                        "Ray Data's tasks, not the driver (train.parquet above training.trainer.DRIVER_READ_BYTES)"))
     if (paper := result.get("paper_round_driver_bytes")) and "tables_bytes" in paper:
         lines.append(f"driver at the paper's round ({paper['prompts']:,} prompts, {paper['response_tokens']}-token "
                      f"answers), extrapolated: +{paper['driver_growth_bytes'] / mb:.0f} MB against the round's "

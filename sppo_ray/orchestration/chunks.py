@@ -46,8 +46,7 @@ class StageChunks:
         self.every, self.recorded = (every or SPOOL_ROWS if spool else every), every > 0
         self.t, self.stage = t, stage
         self.folder, self.inputs = f"round_{t}/chunks_{stage}", inputs_digest(inputs)
-        self.buffer: list[pa.Table] = []
-        self.buffered = 0
+        self.chunk: tuple[str, Any, Any] | None = None  # the open chunk: (file, its writer's context, the writer)
         self.written = len(self._recorded())
         self.files: list[str] = []  # the chunks :meth:`assemble` reads: reused ones, then this execution's
 
@@ -98,24 +97,25 @@ class StageChunks:
         return on_rows
 
     def add(self, rows: pa.Table) -> None:
-        """New rows; a chunk is written once ``every`` of them are waiting."""
+        """New rows, written at once into the open chunk (one row group per block: a block is one call's rows,
+        consecutive prompts, and :meth:`assemble` reads them back a block at a time); the chunk is closed, and
+        recorded, once ``every`` rows are in it. Nothing waits in memory for a chunk to fill."""
         if self.every <= 0:
             return
-        self.buffer.append(rows)
-        self.buffered += rows.num_rows
-        if self.buffered >= self.every:
-            self._write()
+        if self.chunk is None:
+            self.written += 1
+            rel = f"{self.folder}/{self.written:05d}.parquet"
+            writing = self.rd.parquet_writer(rel, self.schema)
+            self.chunk = (rel, writing, writing.__enter__())
+        self.chunk[2].write(rows.cast(self.schema))
+        if self.chunk[2].rows >= self.every:
+            self._close()
 
-    def _write(self) -> None:
-        """The buffered blocks as the next chunk, one row group per block (a block is one call's rows, consecutive
-        prompts: :meth:`assemble` reads them back a block at a time)."""
-        rows, blocks = self.buffered, self.buffer
-        self.buffer, self.buffered = [], 0
-        self.written += 1
-        rel = f"{self.folder}/{self.written:05d}.parquet"
-        with self.rd.parquet_writer(rel, self.schema) as out:
-            for block in blocks:
-                out.write(block.cast(self.schema))
+    def _close(self) -> None:
+        """Commit the open chunk and, for a stage that resumes from its chunks, record it in the manifest."""
+        rel, writing, out = self.chunk
+        self.chunk = None
+        writing.__exit__(None, None, None)
         self.files.append(rel)
         if not self.recorded:
             return
@@ -123,19 +123,20 @@ class StageChunks:
         entry = manifest.setdefault("chunks", {}).get(self.key)
         if not entry or entry["inputs"] != self.inputs:
             entry = manifest["chunks"][self.key] = {"inputs": self.inputs, "files": []}
-        entry["files"].append({"file": rel, "sha256": out.digest, "rows": rows})
+        entry["files"].append({"file": rel, "sha256": out.digest, "rows": out.rows})
         self.rd.write_json("manifest.json", manifest)
 
     def assemble(self, rel: str, order: list[str]) -> tuple[str, int]:
-        """Write the stage's final file ``rel`` from its chunks (after the buffer's last rows), in ``order`` of
+        """Write the stage's final file ``rel`` from its chunks (after closing the open one), in ``order`` of
         ``prompt_id`` and ``ROW_GROUP_ROWS`` rows per row group as :meth:`RunDir.write_parquet` writes a table:
         the same bytes whatever order the rows arrived in. The chunks are read a row group (a block) at a time,
         the last ``_HELD_BLOCKS`` kept. A prompt in two chunks (a chunk that was unreadable at a resume, and
         readable again at the next) is taken from the first. Returns (sha256, rows)."""
-        if self.buffer:
-            self._write()
+        if self.chunk is not None:
+            self._close()
         position = {pid: i for i, pid in enumerate(order)}
-        files = [pq.ParquetFile(self.rd.path(chunk), filesystem=self.rd.fs) for chunk in self.files]
+        files = [pq.ParquetFile(self.rd.path(chunk), filesystem=self.rd.fs, pre_buffer=False)  # see ParquetRows
+                 for chunk in self.files]
         starts = [[0] for _ in files]  # each chunk's row groups' first rows
         for f, file in zip(starts, files):
             for g in range(file.num_row_groups):

@@ -41,9 +41,10 @@ from sppo_ray.training.trainer import run_training
 __all__ = ["PROBE_QUESTION", "resume", "run", "run_round"]
 
 _STAGES = ("generate", "judge", "dataset", "train")  # the recorded stages of a round, in order
-# Prompts per slice of the dataset stage (one row group of train.parquet each): at the paper's round, ~20 MB of
-# training rows at a time instead of the whole set (see BENCHMARKS.md "Scale").
-DATASET_SLICE = 1000
+# Prompts per slice of the dataset stage (one row group of train.parquet each), as many as a row group of
+# responses.parquet: at the paper's round, ~5 MB of training rows at a time instead of the whole set (see
+# BENCHMARKS.md "Scale").
+DATASET_SLICE = 256
 
 PROBE_QUESTION = "What is the capital of France?"
 # Scored by every generator after each broadcast (round summary "fingerprints"): the policy it holds, token by token.

@@ -49,9 +49,11 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-# Rows per row group of the Parquet files written whole (:meth:`RunDir.write_parquet`): ~25 MB of a paper-scale
-# round's responses (K = 5 answers of ~450 tokens), a few hundred KB of a tiny model's.
-ROW_GROUP_ROWS = 1024
+# Rows per row group of the Parquet files written whole (:meth:`RunDir.write_parquet`): ~5 MB of a paper-scale
+# round's responses (K = 5 answers of ~450 tokens), ~100 KB of a tiny model's. A reader decodes a row group at a
+# time, and the driver's transient memory follows: 1,024-row groups cost it +127 MB in the dataset stage at the
+# paper's shape, 256-row groups +42 MB (BENCHMARKS.md "Scale").
+ROW_GROUP_ROWS = 256
 
 
 class ParquetOut:

@@ -131,7 +131,10 @@ def test_the_dataset_stage_measured_at_the_papers_shape_adds_to_the_extrapolatio
     table = scale_table({"sizes": {"1000": _measured(0)}, "paper_round_dataset_stage": dataset})
     assert ("the driver's own work alone at 20,000 prompts × 5 answers of 450 tokens (synthetic tables of 300 MB): "
             "driver +30 MB spooling and assembling the responses (2.5 s), +12 MB in the dataset stage, 3.2 s; the "
-            "fit's input as the driver reads it 80 MB (the whole training set 310 MB)") in table
+            "fit's input 80 MB (the whole training set 310 MB), read by the driver") in table
+    dataset["driver_reads_fit_input"] = False
+    assert "the fit's input 80 MB (the whole training set 310 MB), read by Ray Data's tasks, not the driver" in \
+        scale_table({"sizes": {"1000": _measured(0)}, "paper_round_dataset_stage": dataset})
 
 
 def test_the_largest_of_the_drivers_stages_at_the_paper_shape_counts_on_top_of_the_tables():
@@ -155,6 +158,7 @@ def test_the_dataset_stage_measurement_builds_every_prompts_pair_from_synthetic_
     assert got["generation_growth_bytes"] >= 0 and got["generation_seconds"] > 0
     # the fit reads the token ids and probabilities, not every answer's text: a fraction of the training set
     assert 200 * 2 * 45 * 4 < got["fit_input_bytes"] < got["train_arrow_bytes"] / 2
+    assert got["driver_reads_fit_input"]  # a small train.parquet is read by the driver itself
 
 
 def test_the_generation_stages_cpu_is_the_engines_and_the_rest_of_the_machines_between_its_edges():
