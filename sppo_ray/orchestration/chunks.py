@@ -180,7 +180,14 @@ class StageChunks:
         return out.digest, out.rows
 
     def clear(self) -> None:
-        """After the stage is recorded: its chunks are in the final file."""
+        """After the stage is recorded: its chunks are in the final file. A chunk still open (a judged stage's last
+        rows, fewer than ``every``) is closed and deleted unrecorded, not left to be closed whenever its writer is
+        collected (on an object store that would upload it after its folder was removed)."""
+        if self.chunk is not None:
+            _, writing, _ = self.chunk
+            self.chunk = None
+            dropped = RuntimeError("the stage is recorded")
+            writing.__exit__(type(dropped), dropped, None)  # the writer's error path: close, delete the .tmp
         manifest = self.rd.manifest()
         if manifest.get("chunks", {}).pop(self.key, None) is not None:
             self.rd.write_json("manifest.json", manifest)

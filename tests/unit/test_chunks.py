@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -54,3 +56,24 @@ def test_a_chunk_is_recorded_once_full_and_its_rows_are_written_as_they_arrive(t
     # a later execution with the same inputs finds the recorded rows; other inputs find none
     assert StageChunks(rd, 0, "judge", 100, {"x": 1}, SCHEMA).load().equals(_rows(range(120)))
     assert StageChunks(rd, 0, "judge", 100, {"x": 2}, SCHEMA).load() is None
+
+
+def test_a_recorded_stage_leaves_no_chunk_open_nor_on_disk(tmp_path):
+    rd = RunDir(str(tmp_path / "run"))
+    rd.write_json("manifest.json", {})
+    chunks = StageChunks(rd, 0, "judge", 100, {"x": 1}, SCHEMA)
+    for block in (range(0, 100), range(100, 160)):  # a full chunk and 60 rows of the next, as a judged stage ends
+        chunks.add(_rows(block))
+    chunks.clear()
+    folder = tmp_path / "run" / "round_0" / "chunks_judge"
+    assert not folder.exists() and not rd.manifest()["chunks"]
+    # and no file of it is still open (a deleted one would be written out whenever its writer is collected)
+    fds = "/proc/self/fd"
+    assert not [link for fd in os.listdir(fds) if str(folder) in (link := _readlink(f"{fds}/{fd}"))]
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # the listing's own descriptor, closed by now
+        return ""
