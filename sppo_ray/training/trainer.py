@@ -39,8 +39,9 @@ class TrainResult:
 
 # Up to this size of train.parquet the driver reads the training set itself and hands it to Ray Data as one Arrow
 # block: on a small machine Ray Data's read tasks cost seconds of worker start-up for a file that pyarrow reads in
-# milliseconds. The driver holds what it reads, about a quarter of the file (the columns training uses), so the bound
-# keeps that to ~15 MB; a larger file (the paper's round: ~340 MB) is read by Ray Data's tasks, not the driver.
+# milliseconds. The driver holds what it reads (the columns training uses: at the paper's shape a quarter of the
+# file's bytes), so the bound keeps that small; a larger file (the paper's round: ~340 MB) is read by Ray Data's
+# tasks, not the driver (on a cluster from the run directory's shared storage, as every role reads it).
 DRIVER_READ_BYTES = 64 * 2**20
 
 
