@@ -41,7 +41,7 @@ class TrainResult:
 # block: on a small machine Ray Data's read tasks cost seconds of worker start-up for a file that pyarrow reads in
 # milliseconds. The driver holds what it reads (the columns training uses: at the paper's shape a quarter of the
 # file's bytes), so the bound keeps that small; a larger file (the paper's round: ~340 MB) is read by Ray Data's
-# tasks, not the driver (on a cluster from the run directory's shared storage, as every role reads it).
+# tasks, not the driver (on a cluster, from the run directory's shared storage).
 DRIVER_READ_BYTES = 64 * 2**20
 
 
