@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sppo_ray.orchestration.progress import Progress
-from sppo_ray.orchestration.rundir import ROW_GROUP_ROWS, RunDir
+from sppo_ray.orchestration.rundir import ROW_GROUP_ROWS, ParquetOut, RunDir
 
 __all__ = ["SPOOL_ROWS", "StageChunks", "inputs_digest"]
 
@@ -46,7 +46,7 @@ class StageChunks:
         self.every, self.recorded = (every or SPOOL_ROWS if spool else every), every > 0
         self.t, self.stage = t, stage
         self.folder, self.inputs = f"round_{t}/chunks_{stage}", inputs_digest(inputs)
-        self.chunk: tuple[str, Any, Any] | None = None  # the open chunk: (file, its writer's context, the writer)
+        self.chunk: ParquetOut | None = None  # the open chunk
         self.written = len(self._recorded())
         self.files: list[str] = []  # the chunks :meth:`assemble` reads: reused ones, then this execution's
 
@@ -104,26 +104,23 @@ class StageChunks:
             return
         if self.chunk is None:
             self.written += 1
-            rel = f"{self.folder}/{self.written:05d}.parquet"
-            writing = self.rd.parquet_writer(rel, self.schema)
-            self.chunk = (rel, writing, writing.__enter__())
-        self.chunk[2].write(rows.cast(self.schema))
-        if self.chunk[2].rows >= self.every:
+            self.chunk = self.rd.open_parquet(f"{self.folder}/{self.written:05d}.parquet", self.schema)
+        self.chunk.write(rows.cast(self.schema))
+        if self.chunk.rows >= self.every:
             self._close()
 
     def _close(self) -> None:
         """Commit the open chunk and, for a stage that resumes from its chunks, record it in the manifest."""
-        rel, writing, out = self.chunk
-        self.chunk = None
-        writing.__exit__(None, None, None)
-        self.files.append(rel)
+        out, self.chunk = self.chunk, None
+        out.commit()
+        self.files.append(out.rel)
         if not self.recorded:
             return
         manifest = self.rd.manifest()
         entry = manifest.setdefault("chunks", {}).get(self.key)
         if not entry or entry["inputs"] != self.inputs:
             entry = manifest["chunks"][self.key] = {"inputs": self.inputs, "files": []}
-        entry["files"].append({"file": rel, "sha256": out.digest, "rows": out.rows})
+        entry["files"].append({"file": out.rel, "sha256": out.digest, "rows": out.rows})
         self.rd.write_json("manifest.json", manifest)
 
     def assemble(self, rel: str, order: list[str]) -> tuple[str, int]:
@@ -184,10 +181,8 @@ class StageChunks:
         rows, fewer than ``every``) is closed and deleted unrecorded, not left to be closed whenever its writer is
         collected (on an object store that would upload it after its folder was removed)."""
         if self.chunk is not None:
-            _, writing, _ = self.chunk
+            self.chunk.abort()
             self.chunk = None
-            dropped = RuntimeError("the stage is recorded")
-            writing.__exit__(type(dropped), dropped, None)  # the writer's error path: close, delete the .tmp
         manifest = self.rd.manifest()
         if manifest.get("chunks", {}).pop(self.key, None) is not None:
             self.rd.write_json("manifest.json", manifest)

@@ -57,14 +57,28 @@ ROW_GROUP_ROWS = 256
 
 
 class ParquetOut:
-    """What :meth:`RunDir.parquet_writer` yields."""
+    """A Parquet file being written into a run directory (:meth:`RunDir.open_parquet`): ``write`` a table at a
+    time, straight to storage under ``<rel>.tmp``; ``commit`` puts it at ``rel`` (then ``digest`` is its sha256),
+    ``abort`` deletes it."""
 
-    def __init__(self, writer: pq.ParquetWriter) -> None:
-        self.writer, self.rows, self.digest = writer, 0, ""
+    def __init__(self, rd: "RunDir", rel: str, schema: pa.Schema) -> None:
+        self.rd, self.rel, self.rows, self.digest = rd, rel, 0, ""
+        self.final, self.tmp = rd.path(rel), rd.path(rel + ".tmp")
+        rd.fs.create_dir(self.final.rsplit("/", 1)[0], recursive=True)
+        self.writer = pq.ParquetWriter(self.tmp, schema, filesystem=rd.fs)
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table)
         self.rows += table.num_rows
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.digest = self.rd._sha256(self.tmp)
+        self.rd._commit(self.tmp, self.final)
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.rd.fs.delete_file(self.tmp)
 
 
 class RunDir:
@@ -110,22 +124,21 @@ class RunDir:
                 out.write(table.slice(start, ROW_GROUP_ROWS).combine_chunks())
         return out.digest
 
+    def open_parquet(self, rel: str, schema: pa.Schema) -> ParquetOut:
+        """A Parquet file written a table at a time, committed or aborted by the caller (a stage's open chunk)."""
+        return ParquetOut(self, rel, schema)
+
     @contextmanager
-    def parquet_writer(self, rel: str, schema: pa.Schema) -> Iterator["ParquetOut"]:
+    def parquet_writer(self, rel: str, schema: pa.Schema) -> Iterator[ParquetOut]:
         """A Parquet file written a table at a time (``out.write``), straight to storage: nothing of it is held in
         memory. Committed when the block ends without an error, then ``out.digest`` is its sha256."""
-        final, tmp = self.path(rel), self.path(rel + ".tmp")
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        out = ParquetOut(pq.ParquetWriter(tmp, schema, filesystem=self.fs))
+        out = self.open_parquet(rel, schema)
         try:
             yield out
         except BaseException:
-            out.writer.close()
-            self.fs.delete_file(tmp)
+            out.abort()
             raise
-        out.writer.close()
-        out.digest = self._sha256(tmp)
-        self._commit(tmp, final)
+        out.commit()
 
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_bytes(rel, (json.dumps(obj, indent=2, default=str) + "\n").encode())
