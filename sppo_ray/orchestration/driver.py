@@ -29,7 +29,7 @@ from sppo_ray.orchestration.metrics import RunMetrics
 from sppo_ray.orchestration.nodes import check_cuda
 from sppo_ray.orchestration.preflight import Plan, check_cluster_plan, plan_run
 from sppo_ray.orchestration.progress import Progress
-from sppo_ray.orchestration.rundir import RunDir, changed_keys
+from sppo_ray.orchestration.rundir import ROW_GROUP_ROWS, RunDir, changed_keys
 from sppo_ray.generation.vllm_compat import check_vllm
 from sppo_ray.generation.weights import policy_weights
 from sppo_ray.orchestration.session import Session, init_ray
@@ -44,7 +44,7 @@ _STAGES = ("generate", "judge", "dataset", "train")  # the recorded stages of a 
 # Prompts per slice of the dataset stage (one row group of train.parquet each), as many as a row group of
 # responses.parquet: at the paper's round, ~5 MB of training rows at a time instead of the whole set (see
 # BENCHMARKS.md "Scale").
-DATASET_SLICE = 256
+DATASET_SLICE = ROW_GROUP_ROWS
 
 PROBE_QUESTION = "What is the capital of France?"
 # Scored by every generator after each broadcast (round summary "fingerprints"): the policy it holds, token by token.
