@@ -162,6 +162,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=3, choices=range(1, 21), metavar="N",
                    help="scale: pairs of (the generation stage alone, the bare engine) per size, alternated on the "
                         "round's generators; the pipeline/bare figure is the median pair's (default 3)")
+    p.add_argument("--generation-only", action="store_true",
+                   help="scale: only the pairs, on fresh generators without a round (default size 1000): the "
+                        "pipeline/bare generation figure in minutes, into scale_generation.json")
     _add_verbose(p)
     return parser
 
@@ -264,9 +267,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sppo_ray.bench.runner import run_benchmarks
+    from sppo_ray.config import ConfigError
 
+    if args.generation_only and args.what != "scale":
+        raise ConfigError(f"--generation-only is an option of `sppo-ray bench scale`, not of bench {args.what}")
     run_benchmarks(args.what, args.config, args.overrides, Path(args.out), tiny=args.tiny, sizes=args.sizes,
-                   rounds=args.rounds, pairs=args.pairs)
+                   rounds=args.rounds, pairs=args.pairs, generation_only=args.generation_only)
     return 0
 
 

@@ -25,7 +25,8 @@ def _rounded(value: Any) -> Any:
 
 
 def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path, *, tiny: bool = False,
-                   sizes: list[int] | None = None, rounds: int = 1, pairs: int = 3) -> dict:
+                   sizes: list[int] | None = None, rounds: int = 1, pairs: int = 3,
+                   generation_only: bool = False) -> dict:
     from sppo_ray.orchestration.preflight import plan_run
     from sppo_ray.orchestration.session import init_ray
 
@@ -80,7 +81,14 @@ def run_benchmarks(what: str, config_path: str, overrides: list[str], out: Path,
         from sppo_ray.bench.memory import bench_memory
 
         keep("memory", bench_memory(config, plan, out))
-    if what == "scale":
+    if what == "scale" and generation_only:  # the pairs alone, on fresh generators: minutes, not tens of them
+        from sppo_ray.bench.scale import generation_pairs, pairs_table
+
+        result = generation_pairs(config, plan, out, sizes or ([40] if tiny else [1000]), pairs,
+                                  keep=lambda partial: keep("scale_generation", partial))
+        keep("scale_generation", result)
+        print(pairs_table(result), flush=True)
+    elif what == "scale":
         from sppo_ray.bench.scale import bench_scale, scale_table
 
         result = bench_scale(config, plan, out, sizes or ([40, 80] if tiny else [1000, 2000, 5000]),

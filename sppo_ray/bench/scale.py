@@ -28,9 +28,10 @@ from sppo_ray.data.prompts import Prompt
 from sppo_ray.orchestration.metrics import RunMetrics
 
 __all__ = ["PAIRS", "SCALE_OVERRIDES", "at_equal_step_speed", "bench_scale", "cpu_by_process", "driver_growth_slope",
-           "engine_timeline", "growth_by_stage", "linearity", "machine_busy_seconds", "pair_ratios",
-           "paired_generation", "paper_round_driver_bytes", "private_rss", "process_cpu_seconds", "process_label",
-           "processes_cpu", "scale_prompts", "scale_table", "stage_cpu", "stage_windows", "wait_for_quiet"]
+           "engine_timeline", "generation_pairs", "growth_by_stage", "linearity", "machine_busy_seconds",
+           "pair_ratios", "paired_generation", "pairs_table", "paper_round_driver_bytes", "private_rss",
+           "process_cpu_seconds", "process_label", "processes_cpu", "scale_prompts", "scale_table", "stage_cpu",
+           "stage_windows", "wait_for_quiet"]
 
 # The settings the scale figures are measured at (issue 23): K = 5, short answers, top_p 1.0 (vLLM's top-p over a
 # 49k vocabulary costs ~7x the rest of a tiny model's decoding on CPU), the scripted length judge, 1 epoch.
@@ -305,17 +306,20 @@ def at_equal_step_speed(pipeline: dict[str, Any], bare: dict[str, Any]) -> float
 
 
 def _timed(fn: Callable[[], tuple[int, float]], pids: list[int], generators: list[Any] = ()) -> dict[str, Any]:
-    """``fn()``'s (tokens, seconds), with the CPU seconds of the processes ``pids`` and of the rest of the machine,
-    and with ``generators`` what their engines did (``engine_timeline``)."""
+    """``fn()``'s (tokens, seconds), with the CPU seconds of the processes ``pids``, of the rest of the machine and
+    of its busiest processes (``cpu_by_process``), and with ``generators`` what their engines did
+    (``engine_timeline``)."""
     from sppo_ray.bench.engines import start_step_log, take_step_log
 
     started = ray.get([g.__ray_call__.remote(start_step_log) for g in generators])
+    processes = processes_cpu()
     busy, own = machine_busy_seconds(), process_cpu_seconds(pids)
     tokens, seconds = fn()
     busy, own = machine_busy_seconds() - busy, process_cpu_seconds(pids) - own
+    processes = cpu_by_process(processes, processes_cpu())
     logs = ray.get([g.__ray_call__.remote(take_step_log) for g in generators])
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "cpu_seconds": {"engine": own, "rest": max(0.0, busy - own)},
+            "cpu_seconds": {"engine": own, "rest": max(0.0, busy - own)}, "cpu_by_process": processes,
             **({"engine_timeline": engine_timeline([(steps, start, end) for (steps, end), start
                                                      in zip(logs, started)])} if generators else {})}
 
@@ -360,6 +364,72 @@ def paired_generation(config: RunConfig, session, prompts: list[Prompt], scratch
             runs[side].append(_timed(sides[side], pids, session.generator_actors))
     return {**runs, **pair_ratios(runs["pipeline"], runs["bare"]),
             "ratios_at_equal_step_speed": [at_equal_step_speed(p, b) for p, b in zip(runs["pipeline"], runs["bare"])]}
+
+
+def generation_pairs(config: RunConfig, plan, out: Path, sizes: list[int], pairs: int = PAIRS,
+                     keep: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """``bench scale --generation-only``: at each size, on fresh generators and no round, ``pairs`` pairs of the
+    generation stage alone and the bare engine (``paired_generation``), after one stage of up to 200 prompts that
+    pays the session's first-execution costs. Minutes where the whole bench takes tens of them, so more pairs fit:
+    the figure to look at when only the generation path changed."""
+    from sppo_ray.orchestration.session import Session
+
+    if pairs < 1:
+        raise ValueError(f"bench scale: pairs must be at least 1, got {pairs}")
+    base = [p for round_prompts in plan.rounds for p in round_prompts]
+    result: dict[str, Any] = {"generation_only": True, "k": config.generation.k,
+                              "max_new_tokens": config.generation.max_new_tokens, "top_p": config.generation.top_p,
+                              "generators": config.resources.generators, "sizes": {}}
+    for n in sorted(sizes):
+        prompts = scale_prompts(base, n)
+        session = Session.start(config, plan.policy_path, plan.judge_path)
+        try:
+            _stage_alone(config, session, prompts[:200], out / f"scale_{n}_warm")
+            paired = paired_generation(config, session, prompts, out / f"scale_{n}_pair", pairs)
+        finally:
+            session.shutdown()
+        result["sizes"][str(n)] = {"prompts": n, "ratio_pipeline_over_bare_generation": paired["ratio"],
+                                   "bare_generation": paired}
+        if keep is not None:
+            keep(result)
+    return result
+
+
+def pairs_table(result: dict[str, Any]) -> str:
+    """What ``bench scale --generation-only`` prints: per size the pairs' ratios, at the bare run's step speed too,
+    the mean wall and rest-of-machine CPU seconds of each side, and the processes that CPU went to."""
+    head = ("| prompts | pipeline/bare gen, each pair | median | at the bare run's step speed (median) | wall s "
+            "stage / bare (means) | rest of the machine CPU s stage / bare (means) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for key in sorted(result["sizes"], key=int):
+        paired = result["sizes"][key]["bare_generation"]
+        mean = {side: _means(paired[side]) for side in ("pipeline", "bare")}
+        equal = paired["ratios_at_equal_step_speed"]
+        lines.append(f"| {int(key):,} | " + ", ".join(f"{r:.2f}" for r in paired["ratios"]) +
+                     f" | {paired['ratio']:.2f} | " + ", ".join(f"{r:.2f}" for r in equal) +
+                     f" ({statistics.median(equal):.2f}) | {mean['pipeline']['seconds']:.1f} / "
+                     f"{mean['bare']['seconds']:.1f} | {mean['pipeline']['rest']:.1f} / {mean['bare']['rest']:.1f} |")
+    lines.append("")
+    for key in sorted(result["sizes"], key=int):
+        paired = result["sizes"][key]["bare_generation"]
+        if not all("cpu_by_process" in r for side in ("pipeline", "bare") for r in paired[side]):
+            continue
+        per = {side: _mean_by_process(paired[side]) for side in ("pipeline", "bare")}
+        labels = sorted({label for side in per.values() for label, seconds in side.items() if seconds >= 0.05},
+                        key=lambda label: (-(per["pipeline"].get(label, 0.0) + per["bare"].get(label, 0.0)), label))
+        lines.append(f"CPU s by process at {int(key):,} prompts, the stage alone / the bare engine (means): " +
+                     ", ".join(f"{label} {per['pipeline'].get(label, 0.0):.1f}/{per['bare'].get(label, 0.0):.1f}"
+                               for label in labels))
+    return "\n".join(lines)
+
+
+def _mean_by_process(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each process label's mean CPU seconds over ``_timed`` runs (0 in a run where it was not among the busiest)."""
+    totals: dict[str, float] = {}
+    for run in runs:
+        for label, seconds in run["cpu_by_process"]:
+            totals[label] = totals.get(label, 0.0) + seconds
+    return {label: seconds / len(runs) for label, seconds in totals.items()}
 
 
 def _settled_rss() -> int:

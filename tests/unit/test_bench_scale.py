@@ -285,3 +285,20 @@ def test_at_equal_step_speed_keeps_the_pipelines_time_around_the_engine_and_drop
             "before the first, 0.60 between steps, 0.10 after the last; the bare engine 100 steps of 95.0 ms, not "
             "stepping 0.40 s before the first, 0.00 between steps, 0.10 after the last; generation / bare at the bare "
             "run's step speed: 0.95, 0.95 (median 0.95)") in scale_table({"sizes": {"1000": measured}})
+
+
+def test_generation_only_prints_each_pair_both_ratios_and_each_processs_cpu_on_both_sides():
+    from sppo_ray.bench.scale import at_equal_step_speed, pair_ratios, pairs_table
+
+    bare = _timed_run(10_000, 10.0, 100, 9.5)
+    slow, fast = _timed_run(10_000, 11.45, 100, 10.45, between=0.6), _timed_run(10_000, 10.0, 100, 9.4)
+    slow["cpu_by_process"], fast["cpu_by_process"] = [("driver", 1.5), ("IDLE", 1.0)], [("driver", 0.5)]
+    bare["cpu_by_process"] = [("IDLE", 0.5), ("raylet", 0.25)]
+    runs = {"pipeline": [slow, fast], "bare": [bare, bare]}
+    paired = {**runs, **pair_ratios(runs["pipeline"], runs["bare"]),
+              "ratios_at_equal_step_speed": [at_equal_step_speed(p, bare) for p in runs["pipeline"]]}
+    table = pairs_table({"generation_only": True, "sizes": {"1000": {"prompts": 1000, "bare_generation": paired}}})
+    assert "| 1,000 | 0.87, 1.00 | 0.94 | 0.95, 0.99 (0.97) | 10.7 / 10.0 | 1.0 / 1.0 |" in table
+    # a process absent from a run counts 0 there; the busiest on both sides together first (ties by name)
+    assert ("CPU s by process at 1,000 prompts, the stage alone / the bare engine (means): IDLE 0.5/0.5, "
+            "driver 1.0/0.0, raylet 0.0/0.2") in table
