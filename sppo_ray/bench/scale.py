@@ -412,8 +412,6 @@ def pairs_table(result: dict[str, Any]) -> str:
     lines.append("")
     for key in sorted(result["sizes"], key=int):
         paired = result["sizes"][key]["bare_generation"]
-        if not all("cpu_by_process" in r for side in ("pipeline", "bare") for r in paired[side]):
-            continue
         per = {side: _mean_by_process(paired[side]) for side in ("pipeline", "bare")}
         labels = sorted({label for side in per.values() for label, seconds in side.items() if seconds >= 0.05},
                         key=lambda label: (-(per["pipeline"].get(label, 0.0) + per["bare"].get(label, 0.0)), label))
