@@ -100,6 +100,7 @@ def disaggregated_two_nodes(multinode, multinode_env, tmp_path_factory) -> dict:
                      "resources.train_workers=2", "resources.generator_gpus=1", "resources.judge_gpus=1")
 
 
+@pytest.mark.slow  # ~2.5 min (a second rehearsal): `make test-slow`; CI's node-loss run spreads this layout's roles
 def test_disaggregated_layout_on_two_nodes(disaggregated_two_nodes):
     result = disaggregated_two_nodes
     assert result["proc"].returncode == 0, result["proc"].stdout[-3000:]
@@ -138,6 +139,7 @@ def test_engines_sleep_around_training_and_wake_for_the_broadcast(mistral_two_no
     assert mistral_two_nodes["checks"]["broadcast_path"]["figure"] == ["files", "files"]  # both drivers' rounds
 
 
+@pytest.mark.slow  # needs the disaggregated rehearsal above
 def test_colocated_and_disaggregated_rehearsals_make_the_same_round_0_data(mistral_two_nodes, disaggregated_two_nodes):
     """Same prompts, seeds and judge: the layout changes where roles run, not what they produce. The responses are
     identical; the paper config's bf16 PairRM scores a pair slightly differently in another batch (4 replicas batch

@@ -203,13 +203,17 @@ def test_export_loads_in_transformers_and_vllm(trained, embedded_policy):
 
 
 def test_killed_worker_resumes_from_checkpoint_and_a_rank_lost_after_the_export_never_retrains(
-        ray_cluster, embedded_policy, train_parquet, tmp_path, capfd):
+        ray_cluster, train_parquet, tmp_path, capfd):
     # rank 1 dies before step 2 (Ray Train restarts the group from step 1's checkpoint: max_failures 1), then again
     # right after the export: Ray Train gives up, and the round is finished from the export all the same (the
-    # driver then loads it into any generator the weight transfer missed)
+    # driver then loads it into any generator the weight transfer missed). A tiny random model of SmolLM2's
+    # architecture and tokenizer: the restarts are the point, and its checkpoints are MBs where SmolLM2's are GBs.
+    from sppo_ray.tiny_models import tiny_policy
+
+    policy = tiny_policy("embedded:smollm2-135m-instruct", tmp_path / "tiny-policy")
     marker = tmp_path / "killed.txt"
     result = run_training(
-        str(train_parquet), str(embedded_policy), tmp_path / "model", _config(epochs=1, checkpoint_every=1), RES,
+        str(train_parquet), str(policy), tmp_path / "model", _config(epochs=1, checkpoint_every=1), RES,
         storage_path=str(tmp_path / "ray_train"), name="fit-killed",
         worker_env={"SPPO_RAY_FAIL_AT_STEP": "1,export", "SPPO_RAY_FAIL_MARKER": str(marker)},
     )
