@@ -18,8 +18,8 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest tests -m unit $(PYTEST_ARGS)
 
-# The tests `make test` leaves out for CI's time: every benchmark at its smallest size, the Llama rehearsal, a whole
-# colocated round losing a node.
+# The tests `make test` leaves out for CI's time: every benchmark at its smallest size, the Llama and disaggregated
+# rehearsals, a whole colocated round losing a node.
 test-slow: setup
 	$(PY) -m pytest tests -m slow --durations=10 $(PYTEST_ARGS)
 
