@@ -164,7 +164,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         "round's generators; the pipeline/bare figure is the median pair's (default 3)")
     p.add_argument("--generation-only", action="store_true",
                    help="scale: only the pairs, on fresh generators without a round (default size 1000): the "
-                        "pipeline/bare generation figure in minutes, into scale_generation.json")
+                        "pipeline/bare generation figure in minutes, each pair with a third run (the bare engine "
+                        "beside the stage's Ray Data execution without engine calls), into scale_generation.json")
     _add_verbose(p)
     return parser
 

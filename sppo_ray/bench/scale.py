@@ -349,21 +349,81 @@ def _bare_on_generators(generators: list[Any], conversations: list[list[dict[str
     return sum(r["tokens"] for r in done), max(r["seconds"] for r in done)
 
 
+class _Gate:
+    """Stands in for the generators on the stage's forwarding path: every call waits until ``release``, then
+    answers with no rows (see ``_bare_beside_idle_stage``)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.opened = asyncio.Event()
+
+    async def wait(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        await self.opened.wait()
+        return {"rows": []}
+
+    async def release(self) -> None:
+        self.opened.set()
+
+
+def _bare_beside_idle_stage(generators: list[Any], conversations: list[list[dict[str, str]]],
+                            prompts: list[Prompt], config: RunConfig) -> tuple[int, float]:
+    """The bare engine (``_bare_on_generators``) while this process runs the generation stage's Ray Data
+    execution over the same prompt blocks, as wide and through the same forwarding tasks and broker, whose calls
+    go to a gate that answers once the engine is done: everything of the stage but the engine calls, beside them.
+    Its ratio to the bare engine alone is what the orchestration's own CPU costs the engine's steps."""
+    from sppo_ray.actor_pool import shutdown_pool, stream_through_actors
+    from sppo_ray.generation.stage import CALLS_PER_GENERATOR, GENERATION_SCHEMA, _batch_size, _prompt_blocks
+
+    gate = ray.remote(_Gate).options(num_cpus=0).remote()
+    size = _batch_size(len(prompts), len(generators), config.generation.batch_size)
+    failed: list[BaseException] = []
+
+    def stage() -> None:
+        try:
+            stream_through_actors(_prompt_blocks(prompts, size), [gate], "wait", kwargs={}, schema=GENERATION_SCHEMA,
+                                  batch_size=size, per_actor=CALLS_PER_GENERATOR * len(generators), keep=False)
+        except BaseException as err:  # noqa: BLE001 - raised in the caller's thread below
+            failed.append(err)
+
+    thread = threading.Thread(target=stage, name="idle-stage")
+    thread.start()
+    try:
+        return _bare_on_generators(generators, conversations)
+    finally:
+        ray.get(gate.release.remote())
+        thread.join()
+        shutdown_pool([gate])
+        if failed:
+            raise RuntimeError("bench scale: the idle stage beside the bare engine failed") from failed[0]
+
+
 def paired_generation(config: RunConfig, session, prompts: list[Prompt], scratch: Path,
-                      pairs: int = PAIRS) -> dict[str, Any]:
+                      pairs: int = PAIRS, idle_stage: bool = False) -> dict[str, Any]:
     """``pairs`` pairs of (the generation stage alone, the bare engine) on ``session``'s generators (see PAIRS):
-    {"pipeline": [run...], "bare": [run...], "ratios", "ratio"}, a run being ``_timed``'s dict."""
+    {"pipeline": [run...], "bare": [run...], "ratios", "ratio"}, a run being ``_timed``'s dict. With
+    ``idle_stage`` each pair has a third run, the bare engine beside the stage's Ray Data execution without engine
+    calls (``_bare_beside_idle_stage``): "beside_idle_stage" runs, "ratios_beside_idle_stage" (over the pair's bare
+    run) and their median "ratio_beside_idle_stage". The runs' order rotates from pair to pair."""
     pids = [r["pid"] for r in ray.get([a.ready.remote() for a in session.generator_actors])]
     conversations = [list(p.messages) for p in prompts]
     wait_for_quiet()  # the ended round's processes (Ray Train's teardown) would weigh on the first pair only
     sides = {"pipeline": lambda: _stage_alone(config, session, prompts, scratch),
              "bare": lambda: _bare_on_generators(session.generator_actors, conversations)}
-    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "bare": []}
+    if idle_stage:
+        sides["beside_idle_stage"] = lambda: _bare_beside_idle_stage(session.generator_actors, conversations,
+                                                                     prompts, config)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    order = list(sides)
     for i in range(pairs):
-        for side in ("pipeline", "bare") if i % 2 == 0 else ("bare", "pipeline"):
+        for side in order[i % len(order):] + order[:i % len(order)]:
             runs[side].append(_timed(sides[side], pids, session.generator_actors))
-    return {**runs, **pair_ratios(runs["pipeline"], runs["bare"]),
-            "ratios_at_equal_step_speed": [at_equal_step_speed(p, b) for p, b in zip(runs["pipeline"], runs["bare"])]}
+    result = {**runs, **pair_ratios(runs["pipeline"], runs["bare"]),
+              "ratios_at_equal_step_speed": [at_equal_step_speed(p, b) for p, b in zip(runs["pipeline"], runs["bare"])]}
+    if idle_stage:
+        beside = pair_ratios(runs["beside_idle_stage"], runs["bare"])
+        result.update(ratios_beside_idle_stage=beside["ratios"], ratio_beside_idle_stage=beside["ratio"])
+    return result
 
 
 def generation_pairs(config: RunConfig, plan, out: Path, sizes: list[int], pairs: int = PAIRS,
@@ -371,7 +431,8 @@ def generation_pairs(config: RunConfig, plan, out: Path, sizes: list[int], pairs
     """``bench scale --generation-only``: at each size, on fresh generators and no round, ``pairs`` pairs of the
     generation stage alone and the bare engine (``paired_generation``), after one stage of up to 200 prompts that
     pays the session's first-execution costs. Minutes where the whole bench takes tens of them, so more pairs fit:
-    the figure to look at when only the generation path changed."""
+    the figure to look at when only the generation path changed. Each pair also runs the bare engine beside the
+    stage's Ray Data execution without engine calls (``paired_generation``'s ``idle_stage``)."""
     from sppo_ray.orchestration.session import Session
 
     if pairs < 1:
@@ -385,7 +446,7 @@ def generation_pairs(config: RunConfig, plan, out: Path, sizes: list[int], pairs
         session = Session.start(config, plan.policy_path, plan.judge_path)
         try:
             _stage_alone(config, session, prompts[:200], out / f"scale_{n}_warm")
-            paired = paired_generation(config, session, prompts, out / f"scale_{n}_pair", pairs)
+            paired = paired_generation(config, session, prompts, out / f"scale_{n}_pair", pairs, idle_stage=True)
         finally:
             session.shutdown()
         result["sizes"][str(n)] = {"prompts": n, "ratio_pipeline_over_bare_generation": paired["ratio"],
@@ -410,6 +471,16 @@ def pairs_table(result: dict[str, Any]) -> str:
                      f" ({statistics.median(equal):.2f}) | {mean['pipeline']['seconds']:.1f} / "
                      f"{mean['bare']['seconds']:.1f} | {mean['pipeline']['rest']:.1f} / {mean['bare']['rest']:.1f} |")
     lines.append("")
+    for key in sorted(result["sizes"], key=int):
+        paired = result["sizes"][key]["bare_generation"]
+        if "ratios_beside_idle_stage" in paired:
+            beside, bare = _means(paired["beside_idle_stage"]), _means(paired["bare"])
+            lines.append(f"the bare engine beside the stage's Ray Data execution without engine calls / alone at "
+                         f"{int(key):,} prompts, each pair: " +
+                         ", ".join(f"{r:.2f}" for r in paired["ratios_beside_idle_stage"]) +
+                         f" (median {paired['ratio_beside_idle_stage']:.2f}); wall s {beside['seconds']:.1f} / "
+                         f"{bare['seconds']:.1f}, rest of the machine CPU s {beside['rest']:.1f} / {bare['rest']:.1f} "
+                         "(means)")
     for key in sorted(result["sizes"], key=int):
         paired = result["sizes"][key]["bare_generation"]
         per = {side: _mean_by_process(paired[side]) for side in ("pipeline", "bare")}

@@ -302,3 +302,12 @@ def test_generation_only_prints_each_pair_both_ratios_and_each_processs_cpu_on_b
     # a process absent from a run counts 0 there; the busiest on both sides together first (ties by name)
     assert ("CPU s by process at 1,000 prompts, the stage alone / the bare engine (means): IDLE 0.5/0.5, "
             "driver 1.0/0.0, raylet 0.0/0.2") in table
+    assert "beside the stage's Ray Data execution" not in table  # the full bench's pairs have no third run
+    # with the third run of each pair: the bare engine beside the stage's execution without engine calls
+    beside = [_timed_run(10_000, 10.5, 100, 10.0), _timed_run(10_000, 10.0, 100, 9.5)]
+    beside[0]["cpu_seconds"]["rest"] = 2.0
+    paired.update(beside_idle_stage=beside, ratios_beside_idle_stage=[10 / 10.5, 1.0], ratio_beside_idle_stage=0.976)
+    table = pairs_table({"generation_only": True, "sizes": {"1000": {"prompts": 1000, "bare_generation": paired}}})
+    assert ("the bare engine beside the stage's Ray Data execution without engine calls / alone at 1,000 prompts, "
+            "each pair: 0.95, 1.00 (median 0.98); wall s 10.2 / 10.0, rest of the machine CPU s 1.5 / 1.0 (means)"
+            ) in table
