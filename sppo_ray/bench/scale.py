@@ -350,7 +350,7 @@ def _bare_on_generators(generators: list[Any], conversations: list[list[dict[str
 
 
 class _Gate:
-    """Stands in for the generators on the stage's forwarding path: every call waits until ``release``, then
+    """Stands in for every generator on the stage's forwarding path: each call waits until ``release``, then
     answers with no rows (see ``_bare_beside_idle_stage``)."""
 
     def __init__(self) -> None:
@@ -358,42 +358,44 @@ class _Gate:
 
         self.opened = asyncio.Event()
 
-    async def wait(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def generate(self, rows: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         await self.opened.wait()
         return {"rows": []}
 
     async def release(self) -> None:
         self.opened.set()
 
+    def shutdown(self) -> None: ...
 
-def _bare_beside_idle_stage(generators: list[Any], conversations: list[list[dict[str, str]]],
-                            prompts: list[Prompt], config: RunConfig) -> tuple[int, float]:
-    """The bare engine (``_bare_on_generators``) while this process runs the generation stage's Ray Data
-    execution over the same prompt blocks, as wide and through the same forwarding tasks and broker, whose calls
-    go to a gate that answers once the engine is done: everything of the stage but the engine calls, beside them.
+
+def _bare_beside_idle_stage(config: RunConfig, session, conversations: list[list[dict[str, str]]],
+                            prompts: list[Prompt]) -> tuple[int, float]:
+    """The bare engine (``_bare_on_generators``) while this process runs the generation stage itself
+    (``run_generation_stage``) over the same prompts, with a gate in each generator's place that answers once the
+    engine is done: the stage's Ray Data execution, forwarding tasks and broker, but no call into the engine.
     Its ratio to the bare engine alone is what the orchestration's own CPU costs the engine's steps."""
-    from sppo_ray.actor_pool import shutdown_pool, stream_through_actors
-    from sppo_ray.generation.stage import CALLS_PER_GENERATOR, GENERATION_SCHEMA, _batch_size, _prompt_blocks
+    from sppo_ray.actor_pool import shutdown_pool
+    from sppo_ray.generation.stage import run_generation_stage
 
     gate = ray.remote(_Gate).options(num_cpus=0).remote()
-    size = _batch_size(len(prompts), len(generators), config.generation.batch_size)
+    gates = [gate] * len(session.generator_actors)  # as many slots as generators: the stage's width
     failed: list[BaseException] = []
 
     def stage() -> None:
         try:
-            stream_through_actors(_prompt_blocks(prompts, size), [gate], "wait", kwargs={}, schema=GENERATION_SCHEMA,
-                                  batch_size=size, per_actor=CALLS_PER_GENERATOR * len(generators), keep=False)
+            run_generation_stage(prompts, gates, session.weights, session.generator_version, config.generation,
+                                 keep=False)
         except BaseException as err:  # noqa: BLE001 - raised in the caller's thread below
             failed.append(err)
 
     thread = threading.Thread(target=stage, name="idle-stage")
     thread.start()
     try:
-        return _bare_on_generators(generators, conversations)
+        return _bare_on_generators(session.generator_actors, conversations)
     finally:
         ray.get(gate.release.remote())
         thread.join()
-        shutdown_pool([gate])
+        shutdown_pool(gates)
         if failed:
             raise RuntimeError("bench scale: the idle stage beside the bare engine failed") from failed[0]
 
@@ -411,8 +413,7 @@ def paired_generation(config: RunConfig, session, prompts: list[Prompt], scratch
     sides = {"pipeline": lambda: _stage_alone(config, session, prompts, scratch),
              "bare": lambda: _bare_on_generators(session.generator_actors, conversations)}
     if idle_stage:
-        sides["beside_idle_stage"] = lambda: _bare_beside_idle_stage(session.generator_actors, conversations,
-                                                                     prompts, config)
+        sides["beside_idle_stage"] = lambda: _bare_beside_idle_stage(config, session, conversations, prompts)
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     order = list(sides)
     for i in range(pairs):
